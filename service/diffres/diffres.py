@@ -63,11 +63,12 @@ class DiffRes(Base):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         self._check_input(x)
         score = self.importance(x)
+        linear = x.exp()
         avgpool, maxpool, resolution_enc = Fn.frame_warping(
-            x.exp(), score, self.pos_emb, self.output_seq_length, self.dimension_reduction_rate
+            linear, score, self.pos_emb, self.output_seq_length, self.dimension_reduction_rate
         )
         guide_loss, activeness = Fn.guide_loss_and_activeness(
-            x, score, self.dimension_reduction_rate
+            linear, score, self.dimension_reduction_rate
         )
         return {
             "x": x,
