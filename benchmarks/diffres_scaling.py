@@ -125,7 +125,8 @@ def main() -> None:
     rows = {}
     for t in args.lengths:
         kinds = ["estimator", "linear"] + (["dense"] if dense_fits(t, args.dense_budget_gb) else [])
-        times = time_side_by_side(t, kinds, args.repeats if t < 10000 else max(2, args.repeats // 2))
+        repeats = args.repeats if t < 10000 else max(2, args.repeats // 2)
+        times = time_side_by_side(t, kinds, repeats)
         mem = {k: peak_memory(k, t) for k in kinds if k != "estimator"}
         rows[t] = (times, mem)
         dense_t = times.get("dense")

@@ -31,7 +31,8 @@ def gradient_errors(case: str) -> tuple[float, float]:
     model, ref = load_case(case)
     x = torch.from_numpy(ref["x"]).requires_grad_(True)
     out = model(x)
-    ((out["feature"] * torch.from_numpy(ref["cotangent"])).sum() + out["guide_loss"].sum()).backward()
+    loss = (out["feature"] * torch.from_numpy(ref["cotangent"])).sum() + out["guide_loss"].sum()
+    loss.backward()
 
     def rel(a: torch.Tensor, b: np.ndarray) -> float:
         return float((a - torch.from_numpy(b)).norm() / np.linalg.norm(b))

@@ -4,10 +4,9 @@ Adaptive pooling is a gather over precomputed windows (registered buffers), so i
 to ONNX at any T and t, which ``nn.AdaptiveAvgPool1d`` does not.
 """
 
-from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from service.diffres.diffres import Base
 from service.diffres.estimator import ConvStack
@@ -53,8 +52,8 @@ class _WindowPool(Base):
         self.register_buffer("window_index", index, persistent=False)
         self.register_buffer("window_valid", valid, persistent=False)
 
-    def _result(self, x: Tensor, feature: Tensor, avgpool: Optional[Tensor] = None,
-                maxpool: Optional[Tensor] = None) -> dict[str, Optional[Tensor]]:
+    def _result(self, x: Tensor, feature: Tensor, avgpool: Tensor | None = None,
+                maxpool: Tensor | None = None) -> dict[str, Tensor | None]:
         zero = x.new_zeros(1)
         return {"x": x, "score": None, "resolution_enc": None, "avgpool": avgpool,
                 "maxpool": maxpool, "feature": feature, "guide_loss": zero, "activeness": zero}
@@ -63,7 +62,7 @@ class _WindowPool(Base):
 class AvgPool(_WindowPool):
     """Adaptive average pooling over time. feature [B, 1, t, F]."""
 
-    def forward(self, x: Tensor) -> dict[str, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         self._check_input(x)
         avg = window_mean(x, self.window_index, self.window_valid).unsqueeze(1)
         return self._result(x, avg, avgpool=avg)
@@ -72,7 +71,7 @@ class AvgPool(_WindowPool):
 class AvgMaxPool(_WindowPool):
     """Adaptive average plus adaptive max pooling (summed, as published). feature [B, 1, t, F]."""
 
-    def forward(self, x: Tensor) -> dict[str, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         self._check_input(x)
         avg = window_mean(x, self.window_index, self.window_valid).unsqueeze(1)
         peak = window_max(x, self.window_index, self.window_valid).unsqueeze(1)
@@ -91,7 +90,7 @@ class ConvAvgPool(_WindowPool):
         super().__init__(in_t_dim, in_f_dim, dimension_reduction_rate, learn_pos_emb)
         self.model = ConvStack([in_f_dim, in_f_dim, in_f_dim])
 
-    def forward(self, x: Tensor) -> dict[str, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         self._check_input(x)
         h = self.model(x.permute(0, 2, 1)).permute(0, 2, 1) + x
         return self._result(x, window_mean(h, self.window_index, self.window_valid).unsqueeze(1))
@@ -108,7 +107,7 @@ class ChangeHopSize(Base):
         self.register_buffer("keep", uniform_indices(in_t_dim, self.output_seq_length),
                              persistent=False)
 
-    def forward(self, x: Tensor) -> dict[str, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         self._check_input(x)
         zero = x.new_zeros(1)
         return {"x": x, "score": None, "resolution_enc": None, "avgpool": None, "maxpool": None,
@@ -124,7 +123,7 @@ class FullResolution(Base):
                  learn_pos_emb: bool = False) -> None:
         super().__init__(in_t_dim, in_f_dim, 0.0, learn_pos_emb)
 
-    def forward(self, x: Tensor) -> dict[str, Optional[Tensor]]:
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         self._check_input(x)
         zero = x.new_zeros(1)
         return {"x": x, "score": None, "resolution_enc": None, "avgpool": None, "maxpool": None,
