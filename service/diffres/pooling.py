@@ -4,7 +4,6 @@ Adaptive pooling is a gather over precomputed windows (registered buffers), so i
 to ONNX at any T and t, which ``nn.AdaptiveAvgPool1d`` does not.
 """
 
-
 import torch
 from torch import Tensor
 
