@@ -1,0 +1,186 @@
+"""The synthetic keyword dataset: format, labels, speaker-disjoint splits, determinism, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from service.train import dataset
+from service.train.dataset import (
+    KEYWORDS,
+    LABELS,
+    SILENCE,
+    SPLITS,
+    UNKNOWN,
+    UNKNOWN_WORDS,
+    Recipe,
+    generate,
+    load_metadata,
+)
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(out: Path, seed: int = 0, workers: int = 1) -> Path:
+    """Three clips per class: one per split."""
+    for tool in dataset.APT_PACKAGES:
+        require_tool(tool)
+    generate(out, Recipe(per_class=3, seed=seed), workers=workers, progress=False)
+    return out
+
+
+def recipe_of(root: Path) -> dict:
+    return json.loads((root / "recipe.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny(tmp_path_factory.mktemp("kws") / "seed0")
+
+
+def test_labels_follow_the_speech_commands_order() -> None:
+    assert LABELS == ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
+                      UNKNOWN, SILENCE)
+    assert (UNKNOWN, SILENCE) == ("_unknown_", "_silence_") and len(UNKNOWN_WORDS) >= 25
+    assert not set(UNKNOWN_WORDS) & set(KEYWORDS)
+    assert not set(dataset.BABBLE_WORDS) & (set(UNKNOWN_WORDS) | set(KEYWORDS))
+
+
+def test_clips_are_one_second_16k_mono(data: Path) -> None:
+    for row in load_metadata(data):
+        info = sf.info(data / row["path"])
+        assert (info.samplerate, info.channels, info.frames) == (16000, 1, 16000), row["path"]
+        assert Path(row["path"]).parts[:2] == (row["split"], row["label"])
+
+
+def test_every_label_in_every_split(data: Path) -> None:
+    rows = load_metadata(data)
+    assert {(r["split"], r["label"]) for r in rows} == {(s, lb) for s in SPLITS for lb in LABELS}
+    recipe = recipe_of(data)
+    assert recipe["labels"] == list(LABELS) and recipe["total"] == len(rows) == 36
+    assert all(n == 1 for split in recipe["counts"].values() for n in split.values())
+
+
+def test_words_match_labels(data: Path) -> None:
+    for row in load_metadata(data):
+        if row["label"] in KEYWORDS:
+            assert row["word"] == row["label"]
+        elif row["label"] == UNKNOWN:
+            assert row["word"] in UNKNOWN_WORDS
+
+
+def test_splits_are_speaker_disjoint(data: Path) -> None:
+    recipe = recipe_of(data)
+    heard = {s: set(recipe["speakers"][s]) for s in SPLITS}
+    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
+        assert not heard[a] & heard[b]
+        groups = [{dataset.speaker_group(x) for x in heard[s]} for s in (a, b)]
+        assert not groups[0] & groups[1]
+    for split in SPLITS:
+        assert {dataset.engine_of(s) for s in heard[split]} == set(dataset.ENGINES)
+        assert {u[0] for u in recipe["babble_pool"][split]} <= heard[split]
+    for row in load_metadata(data):
+        if row["speaker"]:
+            assert row["speaker"] in heard[row["split"]]
+
+
+def test_silence_is_background_only(data: Path) -> None:
+    silence = [r for r in load_metadata(data) if r["label"] == SILENCE]
+    assert silence and all(r["speaker"] == r["word"] == r["engine"] == "" for r in silence)
+    assert all(r["noise"] in dataset.SILENCE_NOISES and r["snr_db"] is None for r in silence)
+
+
+def test_metadata_columns_and_types(data: Path) -> None:
+    header = (data / "metadata.csv").read_text().splitlines()[0]
+    assert tuple(header.split(",")) == dataset.COLUMNS
+    for row in load_metadata(data):
+        assert isinstance(row["seed"], int)
+        assert row["snr_db"] is None or isinstance(row["snr_db"], float)
+
+
+def test_same_seed_gives_identical_bytes_for_any_worker_count(data: Path, tmp_path: Path) -> None:
+    again = tiny(tmp_path / "again", seed=0, workers=2)
+    files = sorted(p.relative_to(data) for p in data.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (data / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_other_seed_differs(data: Path, tmp_path: Path) -> None:
+    other = tiny(tmp_path / "other", seed=1)
+    assert (data / "metadata.csv").read_text() != (other / "metadata.csv").read_text()
+    first = load_metadata(data)[0]["path"]
+    assert (data / first).read_bytes() != (other / first).read_bytes()
+
+
+def test_existing_dataset_is_not_overwritten_silently(data: Path) -> None:
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        generate(data, Recipe(per_class=3), progress=False)
+
+
+def test_missing_engine_names_the_apt_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = dataset.shutil.which
+    monkeypatch.setattr(dataset.shutil, "which", lambda n: None if n == "flite" else real(n))
+    with pytest.raises(dataset.MissingToolError, match="apt-get install -y espeak-ng flite"):
+        dataset.check_tools()
+
+
+def test_cli_fails_clearly_without_engines(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: no espeak-ng, no flite
+    cmd = [sys.executable, "-m", "service.train.dataset", "--out", str(tmp_path / "x"),
+           "--per-class", "3"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "espeak-ng" in done.stderr and "apt-get install" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_split_counts_keep_every_split() -> None:
+    assert dataset.split_counts(500, 0.15, 0.15) == {"train": 350, "validation": 75, "test": 75}
+    assert dataset.split_counts(3, 0.15, 0.15) == {"train": 1, "validation": 1, "test": 1}
+    with pytest.raises(ValueError):
+        dataset.split_counts(2, 0.15, 0.15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_speaker_split_is_a_partition_that_keeps_one_person_together(seed: int) -> None:
+    split = dataset.split_speakers(Recipe(seed=seed))
+    assert sorted(sum(split.values(), [])) == sorted(dataset.SPEAKERS)
+    assert not any({"flite:kal", "flite:kal16"} & set(split[s]) == {"flite:kal"}
+                   for s in SPLITS)  # kal16 always beside kal
+
+
+def test_recipe_rejects_inverted_ranges() -> None:
+    with pytest.raises(ValueError, match="snr_min_db"):
+        Recipe(snr_min_db=30.0)
+    with pytest.raises(ValueError):
+        Recipe(reverb_prob=1.5)
+
+
+def test_noise_is_mixed_at_the_requested_snr() -> None:
+    rng = np.random.default_rng(0)
+    speech, noise = np.zeros(16000), dataset.coloured_noise(rng, 16000, 1.0)
+    speech[4000:8000] = rng.standard_normal(4000)
+    scaled = dataset.scale_to_snr(speech, 4000, noise, 6.0)
+    snr = 10 * np.log10(np.mean(speech[4000:8000] ** 2) / np.mean(scaled**2))
+    assert snr == pytest.approx(6.0, abs=1e-6)
+
+
+def test_noise_colours_tilt_as_named() -> None:
+    rng = np.random.default_rng(0)
+    low = {}
+    for name, exponent in dataset.COLOURS.items():
+        power = np.abs(np.fft.rfft(dataset.coloured_noise(rng, 16000, exponent))) ** 2
+        low[name] = power[20:500].sum() / power.sum()  # share below 500 Hz
+    assert low["white"] < low["pink"] < low["brown"]
+
+
+def test_impulse_response_lasts_rt60_with_a_direct_path() -> None:
+    ir = dataset.impulse_response(np.random.default_rng(0), 0.5, 0.0)
+    assert len(ir) == 8000 and np.sum(ir[1:] ** 2) == pytest.approx(1.0, rel=0.05)
