@@ -1,0 +1,66 @@
+"""The one settings object of the service: environment variables ``DIFFRES_*`` or CLI flags.
+
+``Settings()`` reads the environment; the CLI passes its flags as keyword arguments, which
+win over the environment. Code receives a ``Settings`` instance; nothing else reads the
+environment. ``get_settings()`` is the cached getter used as a FastAPI dependency default.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MB = 1024 * 1024
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of ``python -m service serve``; see the settings table in docs/API.md."""
+
+    model_config = SettingsConfigDict(env_prefix="DIFFRES_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_store: Path = Path("model_store")
+    models: CommaList = Field(default_factory=list, description="models to load; empty: all")
+    default_model: str = "kws12-diffres"
+    backend: Literal["onnx", "torchscript"] = "onnx"
+    onnx_providers: CommaList = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime providers in order of preference (unavailable ones skipped)",
+    )
+    devices: CommaList = Field(default_factory=lambda: ["auto"],
+                               description="'auto' (every visible GPU, else cpu), or cpu,cuda:0,..")
+    instances_per_device: int = Field(1, ge=1)
+    intra_op_threads: int = Field(0, ge=0, description="per worker; 0: cores / workers")
+    feature_threads: int = Field(2, ge=1, description="thread pool for decode and features")
+    max_batch_size: int = Field(32, ge=1)
+    max_queue_delay_ms: float = Field(5.0, ge=0)
+    max_queue_size: int = Field(512, ge=1, description="queued windows per model version")
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_upload_bytes: int = Field(50 * MB, gt=0)
+    max_audio_seconds: float = Field(600.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    log_json: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+
+    _split = field_validator("models", "onnx_providers", "devices", mode="before")(_split_commas)
+
+    def masked(self) -> dict[str, Any]:
+        """JSON-safe dump with secrets shown as ``**********``."""
+        return self.model_dump(mode="json")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,55 @@
+"""``create_app(settings)``: assembles routers, middleware, error mapping and the lifespan
+that loads (and at shutdown drains and releases) the models. Nothing else lives here."""
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings, get_settings
+from service.serving import http_errors
+from service.serving.inference import InferenceService
+from service.serving.metrics import Metrics
+from service.serving.middleware import EdgeMiddleware
+from service.serving.repository import ModelRepository
+from service.serving.routes import health, inference, models
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+    repository = ModelRepository(settings, metrics)
+    service = InferenceService(settings, repository, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("settings: %s", settings.masked())
+        loader = asyncio.create_task(repository.start(), name="load-models")
+        app.state.loader = loader
+        try:
+            yield
+        finally:
+            service.begin_drain()
+            if not loader.done():
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
+            await repository.stop()
+            service.close()
+            log.info("stopped")
+
+    app = FastAPI(title="diffres-serve", version="1.0",
+                  description="DiffRes audio classifiers behind a dynamic batcher. "
+                  "See docs/API.md for inputs, outputs, errors and metrics.",
+                  lifespan=lifespan)
+    app.state.settings, app.state.metrics, app.state.service = settings, metrics, service
+    app.dependency_overrides[get_settings] = lambda: settings
+    for router in (inference.router, models.router, health.router):
+        app.include_router(router)
+    http_errors.install(app)
+    app.add_middleware(EdgeMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes)
+    return app

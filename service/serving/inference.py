@@ -1,0 +1,183 @@
+"""The data plane, protocol-free: resolve (model, version), decode, compute features,
+window, await the batcher, assemble result dicts. No HTTP here; routes call this.
+
+CPU work (decoding, resampling, the front end, parsing spectrograms, assembling big
+results) runs on a thread pool, never on the event loop.
+"""
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from service.config import Settings
+from service.errors import InferenceFailed, InvalidParameter, NotReady
+from service.serving import windowing as W
+from service.serving.audio import decode_audio
+from service.serving.codecs import spectrogram_from_json, spectrogram_from_npy, validate_spectrogram
+from service.serving.metrics import Metrics
+from service.serving.repository import ModelRepository, ServedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Request body as received: audio file bytes, or a spectrogram as JSON or .npy."""
+
+    kind: Literal["audio", "json", "npy"]
+    data: bytes
+
+
+@dataclass
+class Prepared:
+    model: ServedModel
+    features: np.ndarray  # [T, F]
+    duration_s: float
+    windows: np.ndarray  # [n, size, F]
+    valid: np.ndarray  # [n]
+    results: list[dict[str, np.ndarray]]  # one per window
+
+
+class InferenceService:
+    def __init__(self, settings: Settings, repository: ModelRepository, metrics: Metrics):
+        self.settings, self.repository, self.metrics = settings, repository, metrics
+        self.accepting = True
+        self.inflight = 0
+        self._pool = ThreadPoolExecutor(settings.feature_threads, thread_name_prefix="features")
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on; those in flight carry on."""
+        self.accepting = False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def offload(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def model_label(self, name: str | None) -> str:
+        """Metrics label for a requested model: its name if known, else "unknown"."""
+        name = name or self.settings.default_model
+        return name if any(n == name for n, _ in self.repository.models) else "unknown"
+
+    def resolve(self, name: str | None, version: int | None) -> ServedModel:
+        return self.repository.resolve(name or self.settings.default_model, version)
+
+    @contextlib.contextmanager
+    def _tracked(self):
+        if not self.accepting:
+            raise NotReady("server is shutting down", code="shutting_down")
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+
+    async def classify(self, name: str | None, version: int | None, payload: Payload,
+                       top_k: int = 5) -> dict:
+        if top_k < 1:
+            raise InvalidParameter(f"top_k must be >= 1, got {top_k}")
+        with self._tracked():
+            p = await self._prepare(self.resolve(name, version), payload)
+            return classify_result(p, top_k)
+
+    async def compress(self, name: str | None, version: int | None, payload: Payload) -> dict:
+        with self._tracked():
+            model = self.resolve(name, version)
+            if not model.can_compress:
+                raise InvalidParameter(
+                    f"model {model.name}/{model.version} (compressor "
+                    f"{model.manifest.compressor.kind!r}) has no avgpool/maxpool/resolution_enc "
+                    "outputs; /compress needs a DiffRes model", code="compress_unsupported")
+            p = await self._prepare(model, payload)
+            return await self.offload(compress_result, p)
+
+    async def _prepare(self, model: ServedModel, payload: Payload) -> Prepared:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_s
+        features, duration = await self.offload(self._features, model, payload)
+        size = model.manifest.compressor.in_t_dim
+        windows, valid = W.split_windows(features, size, model.pad_value)
+        results = await model.batcher.submit(windows, deadline)
+        if len(results) != len(windows):
+            raise InferenceFailed(f"{len(results)} results for {len(windows)} windows")
+        prepared = Prepared(model, features, duration, windows, valid, results)
+        self._count(prepared)
+        return prepared
+
+    def _features(self, model: ServedModel, payload: Payload) -> tuple[np.ndarray, float]:
+        """[T, F] log-mel and the input's duration in seconds (runs on the thread pool)."""
+        f = model.manifest.frontend
+        max_frames = int(self.settings.max_audio_seconds / f.frame_hop_seconds) + 1
+        if payload.kind == "audio":
+            wave = decode_audio(payload.data, f.sample_rate, self.settings.max_audio_seconds)
+            mel = next(iter(model.frontend.run(wave[np.newaxis]).values()))[0]
+            expected = 1 + len(wave) // f.hop_length
+            if mel.shape != (expected, f.n_mels):
+                raise InferenceFailed(f"front end gave {list(mel.shape)}, expected "
+                                      f"[{expected}, {f.n_mels}]")
+            return np.ascontiguousarray(mel, np.float32), len(wave) / f.sample_rate
+        parse = spectrogram_from_json if payload.kind == "json" else spectrogram_from_npy
+        spec = validate_spectrogram(parse(payload.data), f.n_mels, max_frames)
+        return spec, spec.shape[0] * f.frame_hop_seconds
+
+    def _count(self, p: Prepared) -> None:
+        name = p.model.name
+        self.metrics.audio_seconds.labels(name).inc(p.duration_s)
+        self.metrics.input_frames.labels(name).inc(p.features.shape[0])
+        self.metrics.output_frames.labels(name).inc(sum(_kept(p)))
+
+
+def _kept(p: Prepared) -> list[int]:
+    out_len = p.model.manifest.compressor.out_t_dim
+    return [W.kept_steps(r["frame_scores"], int(v), out_len)
+            for r, v in zip(p.results, p.valid, strict=True)]
+
+
+def _common(p: Prepared) -> dict:
+    frames = p.features.shape[0]
+    scores = W.frame_scores([r["frame_scores"] for r in p.results], frames)
+    return {"model": p.model.name, "version": p.model.version,
+            "frame_hop_seconds": p.model.manifest.frontend.frame_hop_seconds,
+            "duration_seconds": p.duration_s, "input_frames": frames, "frame_scores": scores}
+
+
+def classify_result(p: Prepared, top_k: int) -> dict:
+    """Clip probabilities are the plain mean of the windows' probabilities."""
+    labels = p.model.manifest.labels
+    probs = np.stack([r["probabilities"] for r in p.results]).astype(np.float64)
+    clip = probs.mean(axis=0)
+    hop = p.model.manifest.frontend.frame_hop_seconds
+    size = p.model.manifest.compressor.in_t_dim
+    windows = [{"start_seconds": start, "end_seconds": end,
+                "probabilities": dict(zip(labels, map(float, row), strict=True))}
+               for (start, end), row in zip(W.window_times(p.valid, size, hop), probs,
+                                            strict=True)]
+    return _common(p) | {"labels": labels,
+                         "probabilities": dict(zip(labels, map(float, clip), strict=True)),
+                         "top": W.top_k(clip, labels, min(top_k, len(labels))),
+                         "windows": windows}
+
+
+def compress_result(p: Prepared) -> dict:
+    """Per window: the compressed maps without steps made only of padding, activeness."""
+    hop = p.model.manifest.frontend.frame_hop_seconds
+    size = p.model.manifest.compressor.in_t_dim
+    windows = []
+    for r, v, kept, (start, end) in zip(p.results, p.valid, _kept(p),
+                                        W.window_times(p.valid, size, hop), strict=True):
+        windows.append({"start_seconds": start, "end_seconds": end, "input_frames": int(v),
+                        "output_frames": kept,
+                        "activeness": W.activeness(r["frame_scores"], int(v)),
+                        "avgpool": r["avgpool"][:kept], "maxpool": r["maxpool"][:kept],
+                        "resolution_enc": r["resolution_enc"][:kept]})
+    return _common(p) | {"output_frames": sum(w["output_frames"] for w in windows),
+                         "activeness": [w["activeness"] for w in windows],
+                         "windows": windows}

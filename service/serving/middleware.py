@@ -1,0 +1,99 @@
+"""ASGI middleware at the edge: request id, request metrics, and the upload size limit.
+
+The size limit never buffers the body: a declared Content-Length over the limit is refused
+before reading anything, and a chunked body is counted as it streams, failing as soon as
+it passes the limit.
+"""
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge
+from service.serving import logging as slog
+from service.serving.http_errors import render
+from service.serving.metrics import Metrics
+
+log = logging.getLogger("service.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+UNTIMED = {"/metrics"}
+QUIET = {"/healthz", "/readyz"}  # probes: logged at debug level
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int) -> None:
+        self.app, self.metrics, self.max_bytes = app, metrics, max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = _request_id(scope)
+        token = slog.request_id.set(rid)
+        status = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_bytes:
+                response = render(PayloadTooLarge(
+                    f"body is {declared} bytes; the limit is {self.max_bytes}"))
+                return await response(scope, receive, send_with_id)
+            await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            self._observe(scope, status[0], time.perf_counter() - started)
+            slog.request_id.reset(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(f"body exceeds the limit of {self.max_bytes} bytes")
+            return message
+
+        return counted
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        if endpoint in UNTIMED:
+            return
+        model = (scope.get("state") or {}).get("model", "")
+        self.metrics.requests.labels(endpoint, model, str(status)).inc()
+        self.metrics.request_duration.labels(endpoint, model).observe(seconds)
+        level = logging.DEBUG if endpoint in QUIET else logging.INFO
+        log.log(level, "%s %s -> %d in %.1f ms", scope["method"], scope["path"], status,
+                seconds * 1000)
+
+
+def _request_id(scope: Scope) -> str:
+    for key, value in scope.get("headers", []):
+        if key == b"x-request-id":
+            candidate = value.decode("latin-1").strip()
+            if _VALID_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,93 @@
+"""The model store on disk: ``<root>/<name>/<version>/manifest.json`` plus artifacts.
+
+Scanning is pure file work: it finds every version directory, parses its manifest, verifies
+the checksums and checks the backend's artifacts are there. Entries that fail carry the
+reason and are not served; the repository reports them in GET /models and the log.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.manifest import MANIFEST_FILE, Manifest, verify_artifacts
+
+ARTIFACTS = {
+    "onnx": ("model.onnx", "frontend.onnx"),
+    "torchscript": ("model.pt", "frontend.pt"),
+}
+COMPRESSION_OUTPUTS = ("avgpool", "maxpool", "resolution_enc")
+REQUIRED_OUTPUTS = ("probabilities", "frame_scores")
+
+
+@dataclass
+class StoreEntry:
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None and not self.problems
+
+
+def scan_store(root: Path, backend: str, names: list[str] | None = None) -> list[StoreEntry]:
+    """Every version of every model (or of ``names``), sorted by name then version.
+
+    A requested name with no directory yields an entry with version 0 and a problem.
+    """
+    root = Path(root)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    wanted = names or found
+    entries: list[StoreEntry] = []
+    for name in wanted:
+        versions = _versions(root / name)
+        if not versions:
+            entries.append(StoreEntry(name, 0, root / name,
+                                      problems=[f"no version directory under {root / name}"]))
+        entries.extend(load_entry(root / name / str(v), name, v, backend) for v in versions)
+    return entries
+
+
+def _versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def load_entry(path: Path, name: str, version: int, backend: str) -> StoreEntry:
+    entry = StoreEntry(name, version, path)
+    if not (path / MANIFEST_FILE).is_file():
+        entry.problems.append(f"{MANIFEST_FILE}: missing")
+        return entry
+    try:
+        manifest = Manifest.read(path)
+    except (ValidationError, ValueError, OSError) as exc:
+        entry.problems.append(f"{MANIFEST_FILE}: invalid ({str(exc).splitlines()[0]})")
+        return entry
+    entry.manifest = manifest
+    entry.problems.extend(check_manifest(manifest, name, version, backend))
+    entry.problems.extend(verify_artifacts(path, manifest))
+    return entry
+
+
+def check_manifest(manifest: Manifest, name: str, version: int, backend: str) -> list[str]:
+    """What the manifest lacks for serving with ``backend``."""
+    problems = []
+    if manifest.name != name or manifest.version != version:
+        problems.append(f"manifest says {manifest.name}/{manifest.version}, directory says "
+                        f"{name}/{version}")
+    for artifact in ARTIFACTS[backend]:
+        if artifact not in manifest.artifacts:
+            problems.append(f"{artifact}: not listed in manifest (needed by backend {backend})")
+    outputs = {o.name for o in manifest.outputs}
+    problems.extend(f"output {o!r} missing" for o in REQUIRED_OUTPUTS if o not in outputs)
+    if not manifest.labels:
+        problems.append("manifest has no labels")
+    if manifest.compressor.in_f_dim != manifest.frontend.n_mels:
+        problems.append(f"compressor in_f_dim {manifest.compressor.in_f_dim} != front end "
+                        f"n_mels {manifest.frontend.n_mels}")
+    return problems

@@ -1,0 +1,140 @@
+"""Both backends end to end, batching equivalence, and the torch-free ONNX serving path."""
+
+import asyncio
+import io
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+from service.serving.app import create_app
+from service.serving.inference import InferenceService, Payload
+from service.serving.metrics import Metrics
+from service.serving.repository import ModelRepository
+from tests.serving.conftest import IN_T_DIM, N_MELS, make_settings, sine, wait_ready
+
+BACKENDS = ["onnx", "torchscript"]
+
+
+def npy_payload(array) -> Payload:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return Payload("npy", buffer.getvalue())
+
+
+def windows_of(seed: int, n: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(-8, 3, (n * IN_T_DIM, N_MELS)).astype(np.float32)
+
+
+async def alone_and_in_full_batch(store, backend: str, batch: int = 8):
+    settings = make_settings(store, backend=backend, max_batch_size=batch,
+                             max_queue_delay_ms=300.0, models=["kws12-diffres"])
+    metrics = Metrics()
+    repo = ModelRepository(settings, metrics)
+    service = InferenceService(settings, repo, metrics)
+    await repo.start()
+    try:
+        target = npy_payload(windows_of(0))
+        alone = await service.compress(None, None, target)
+        others = [service.compress(None, None, npy_payload(windows_of(s))) for s in range(1, batch)]
+        together = await asyncio.gather(service.compress(None, None, target), *others)
+        sizes = metrics.batch_size.labels("kws12-diffres")._sum.get()
+        return alone, together[0], sizes
+    finally:
+        await repo.stop()
+        service.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_result_alone_equals_result_inside_a_full_batch(model_store, backend):
+    """The serving layer adds nothing: same answer alone or as window 0 of a full batch.
+
+    ONNX Runtime's CPU kernels give bit-identical rows here; torch's conv kernels may move
+    frame scores by 1 ulp with the batch size, which DiffRes's discrete step assignment can
+    grow to ~1e-3 in the log-domain maps, hence the tolerances. (Bit-exactness of the
+    batcher itself is tested with a row-wise fake backend in test_batcher.py.)"""
+    alone, batched, size_sum = asyncio.run(alone_and_in_full_batch(model_store, backend))
+    assert size_sum == 1 + 8  # one batch of 1, then one full batch of 8 (warm-up not counted)
+    if backend == "onnx":
+        assert alone["frame_scores"].tobytes() == batched["frame_scores"].tobytes()
+        for key in ("avgpool", "maxpool", "resolution_enc"):
+            assert alone["windows"][0][key].tobytes() == batched["windows"][0][key].tobytes()
+    np.testing.assert_allclose(alone["frame_scores"], batched["frame_scores"], atol=1e-6)
+    for key in ("avgpool", "maxpool", "resolution_enc"):
+        np.testing.assert_allclose(alone["windows"][0][key], batched["windows"][0][key],
+                                   atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_http_every_input_form(model_store, backend):
+    settings = make_settings(model_store, backend=backend, models=["kws12-diffres"])
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        wav = io.BytesIO()
+        sf.write(wav, sine(2.0, 48000, channels=2), 48000, format="WAV")
+        spec = windows_of(3, 2)[:150]
+        npy = io.BytesIO()
+        np.save(npy, spec)
+        answers = [
+            client.post("/classify", files={"file": ("a.wav", wav.getvalue(), "audio/wav")}),
+            client.post("/classify", content=wav.getvalue(), headers={"content-type": "audio/wav"}),
+            client.post("/classify", json={"spectrogram": spec.tolist()}),
+            client.post("/classify", content=npy.getvalue(),
+                        headers={"content-type": "application/x-npy"}),
+            client.post("/compress", json={"spectrogram": spec.tolist()}),
+        ]
+        assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+        assert answers[0].json()["probabilities"] == answers[1].json()["probabilities"]
+        assert answers[2].json()["probabilities"] == answers[3].json()["probabilities"]
+        model = client.get("/models/kws12-diffres").json()["versions"][-1]
+        assert model["backend"] == backend
+        return_value = answers[2].json()
+    test_http_every_input_form.results[backend] = return_value
+
+
+test_http_every_input_form.results = {}
+
+
+def test_backends_agree(model_store):
+    results = test_http_every_input_form.results
+    if set(results) != set(BACKENDS):
+        pytest.skip("needs both backend runs of test_http_every_input_form first")
+    onnx, ts = results["onnx"], results["torchscript"]
+    for label, p in onnx["probabilities"].items():
+        assert ts["probabilities"][label] == pytest.approx(p, abs=1e-4)
+    np.testing.assert_allclose(onnx["frame_scores"], ts["frame_scores"], atol=1e-4)
+
+
+def test_onnx_serving_path_never_imports_torch(model_store):
+    """Import the app, load a model, serve audio and a spectrogram; torch stays unimported."""
+    code = textwrap.dedent(f"""
+        import io, sys
+        import numpy as np, soundfile as sf
+        from fastapi.testclient import TestClient
+        from service.config import Settings
+        from service.serving.app import create_app
+        settings = Settings(model_store={str(model_store)!r}, models=["kws12-diffres"],
+                            devices=["cpu"])
+        with TestClient(create_app(settings)) as client:
+            import time
+            for _ in range(600):
+                if client.get("/readyz").status_code == 200:
+                    break
+                time.sleep(0.05)
+            buf = io.BytesIO()
+            sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
+            assert client.post("/classify", content=buf.getvalue(),
+                               headers={{"content-type": "audio/wav"}}).status_code == 200
+            assert client.post("/compress", json={{"spectrogram": [[0.0] * 40] * 5}}
+                               ).status_code == 200
+        assert "torch" not in sys.modules, "torch was imported"
+        print("NO_TORCH_OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NO_TORCH_OK" in result.stdout
