@@ -1,0 +1,1 @@
+"""Training, evaluation, export and experiments for the keyword classifiers."""

@@ -1,0 +1,271 @@
+"""Training: loss goes down, resume is exact, SpecAugment masks what it should, goals logic."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from service.diffres import functional as Fn
+from service.train import checkpoint
+from service.train.augment import band_mask, mixup, spec_augment
+from service.train.config import TrainConfig
+from service.train.data import load_dataset
+from service.train.report import read_metrics
+from service.train.results import BY_NAME, evaluate_goals, results_markdown, summarize
+from service.train.trainer import train
+
+N_CLASSES = 12
+PER_SPLIT = 4
+SR = 16000
+
+
+def write_tiny_dataset(root: Path, seed: int = 0) -> Path:
+    """12 classes x 4 clips per split: a tone burst at a class frequency amid digital silence."""
+    rng = np.random.default_rng(seed)
+    labels = [f"word{k:02d}" for k in range(N_CLASSES)]
+    rows = []
+    for split in ("train", "validation", "test"):
+        for k, label in enumerate(labels):
+            for i in range(PER_SPLIT):
+                start = int(rng.integers(0, SR // 2))
+                n = SR // 4
+                t = np.arange(n) / SR
+                audio = np.zeros(SR, dtype=np.float32)
+                audio[start:start + n] = 0.3 * np.sin(2 * np.pi * 300.0 * (k + 1) * t)
+                path = f"{split}/{label}/{label}_{i}.wav"
+                (root / split / label).mkdir(parents=True, exist_ok=True)
+                sf.write(root / path, audio, SR, subtype="FLOAT")
+                rows.append({"path": path, "label": label, "split": split, "speaker": "s0",
+                             "engine": "tone", "word": label, "snr_db": "inf", "seed": seed})
+    with open(root / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "recipe.json").write_text(json.dumps({"labels": labels, "seed": seed}))
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """Runs here use one thread (for exact resume); leave other tests the default."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("kws"))
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    fields = dict(data=str(data), out=str(out), compressor="diffres", rate=0.5, epochs=3,
+                  batch_size=16, lr=3e-3, width=8, dropout=0.0, seed=0, threads=1,
+                  device="cpu", warmup_epochs=0.5)
+    return TrainConfig(**(fields | overrides))
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    train(tiny_config(tiny_data, out))
+    return out
+
+
+def test_dataset_loads_in_metadata_order(tiny_data: Path) -> None:
+    labels, splits = load_dataset(tiny_data)
+    assert len(labels) == N_CLASSES
+    assert {k: len(v) for k, v in splits.items()} == {
+        "train": 48, "validation": 48, "test": 48}
+    assert splits["train"].waves.shape == (48, SR)
+    assert splits["train"].waves.dtype == torch.float32
+
+
+def test_hop_sets_frames() -> None:
+    assert TrainConfig(data="d", out="o", hop_ms=10).in_t_dim == 101
+    cfg = TrainConfig(data="d", out="o", hop_ms=1)
+    assert (cfg.hop_length, cfg.in_t_dim, cfg.frontend_kwargs()["n_fft"]) == (16, 1001, 400)
+
+
+def test_diffres_training_lowers_loss_and_writes_outputs(full_run: Path) -> None:
+    history = read_metrics(full_run / "metrics.csv")
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    result = json.loads((full_run / "result.json").read_text())
+    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert result["best_epoch"] == best["epoch"]  # chosen on validation only
+    assert result["val_acc"] == pytest.approx(best["val_acc"])
+    assert result["frames_kept_fraction"] == pytest.approx(50 / 101)
+    for key in ("test_acc", "classifier_mflops", "cpu_ms_per_clip_b1", "cpu_ms_per_clip_b64",
+                "n_params", "config"):
+        assert key in result
+    assert (full_run / "curves.png").stat().st_size > 0
+
+
+def test_resume_is_exact(tiny_data: Path, full_run: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_data, tmp_path / "resumed")
+    assert train(cfg, stop_after=1) is None  # "interrupted" after epoch 1
+    assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    resumed = train(cfg, resume=True)
+    expected = read_metrics(full_run / "metrics.csv")
+    got = read_metrics(tmp_path / "resumed" / "metrics.csv")
+    keys = ("epoch", "train_loss", "train_ce", "guide_loss", "val_loss", "val_acc", "lr")
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in expected]
+    a = checkpoint.load(full_run / "checkpoint.pt")
+    b = checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert resumed["test_acc"] == json.loads((full_run / "result.json").read_text())["test_acc"]
+
+
+@pytest.mark.parametrize("kind", ["avgpool", "avgmaxpool", "changehopsize"])
+def test_baselines_train_with_mixup(tiny_data: Path, tmp_path: Path, kind: str) -> None:
+    result = train(tiny_config(tiny_data, tmp_path / kind, compressor=kind, epochs=1, mixup=0.4))
+    assert math.isfinite(result["test_loss"])
+    assert result["frames_kept_fraction"] == pytest.approx(50 / 101)
+
+
+def test_cli_trains_full_resolution(tiny_data: Path, tmp_path: Path) -> None:
+    from service.train.__main__ import main
+
+    main(["--data", str(tiny_data), "--out", str(tmp_path / "full"), "--compressor", "full",
+          "--rate", "0.5", "--epochs", "1", "--batch-size", "16", "--width", "8",
+          "--threads", "1"])
+    result = json.loads((tmp_path / "full" / "result.json").read_text())
+    assert result["frames_kept_fraction"] == 1.0  # full ignores the rate
+    assert result["config"]["hop_ms"] == 10.0 and result["in_t_dim"] == 101
+
+
+def test_resume_refuses_a_changed_config(tiny_data: Path, tmp_path: Path) -> None:
+    train(tiny_config(tiny_data, tmp_path / "run", epochs=2), stop_after=1)
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny_config(tiny_data, tmp_path / "run", epochs=2, lr=1e-2), resume=True)
+
+
+def test_mixup_mixes_with_a_permutation() -> None:
+    torch.manual_seed(3)
+    waves = torch.randn(6, 100)
+    mixed, partner, lam = mixup(waves, alpha=0.4)
+    assert 0.0 <= lam <= 1.0
+    assert sorted(partner.tolist()) == list(range(6))
+    assert torch.allclose(mixed, lam * waves + (1 - lam) * waves[partner])
+
+
+def test_spec_augment_masks_whole_frames_and_bands() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 101, 40)
+    fill = math.log(1e-6)
+    y = spec_augment(x, time_masks=2, max_time=10, freq_masks=2, max_freq=8, fill=fill)
+    masked = y == fill
+    assert torch.equal(y[~masked], x[~masked])
+    frames = masked.all(dim=2)  # [B, T] whole frames
+    bands = masked.all(dim=1)  # [B, F] whole bands
+    assert torch.equal(masked, frames.unsqueeze(2) | bands.unsqueeze(1))
+    assert frames.any() and bands.any()
+    assert int(frames.sum(dim=1).max()) <= 20 and int(bands.sum(dim=1).max()) <= 16
+    assert torch.equal(spec_augment(x, 0, 10, 0, 8, fill), x)
+
+
+def test_band_mask_widths_bounded_and_contiguous() -> None:
+    torch.manual_seed(1)
+    mask = band_mask(500, 30, n_masks=1, max_width=5)
+    widths = mask.sum(dim=1)
+    assert int(widths.max()) == 5 and int(widths.min()) == 0
+    edges = (mask[:, 1:] != mask[:, :-1]).sum(dim=1)
+    assert int(edges.max()) <= 2  # one contiguous band
+
+
+def test_time_masked_frames_are_empty_for_the_guide_loss() -> None:
+    torch.manual_seed(2)
+    fill = math.log(1e-6)
+    x = torch.rand(4, 101, 40) * 5 + fill + 1  # log-mel above the floor, no silence
+    y = spec_augment(x, time_masks=2, max_time=10, freq_masks=0, max_freq=0, fill=fill)
+    energy = y.exp().mean(dim=-1)
+    empty = energy < energy.min() + 1e-6  # the guide loss's definition
+    assert torch.equal(empty, (y == fill).all(dim=2))
+    score = torch.full((4, 101, 1), 0.5)
+    guide, _ = Fn.guide_loss_and_activeness(y, score, 0.5)
+    assert float(guide) > 0  # masked frames with scores above 0.25 are penalised
+
+
+def fake_result(test_acc: float, seed: int, frames: float = 0.5) -> dict:
+    config = {"seed": seed, "data": "d", "epochs": 2, "batch_size": 64, "mixup": 0.0,
+              "guide_loss_weight": 1.0}
+    return {"test_acc": test_acc, "val_acc": test_acc + 0.01, "config": config,
+            "dataset": {"counts": {"train": 40, "validation": 5, "test": 5}},
+            "frames_kept_fraction": frames, "classifier_mflops": 3.0,
+            "cpu_ms_per_clip_b1": 2.0, "cpu_ms_per_clip_b64": 0.5, "seconds_per_epoch": 10.0}
+
+
+def test_goals_from_fake_results() -> None:
+    accs = {"full": (0.900, 0.910), "diffres-0.5": (0.898, 0.904),  # mean 90.1 >= 90.5 - 0.5
+            "diffres-0.75": (0.880, 0.890), "avgpool-0.75": (0.875, 0.875),  # +1.0 pt: met
+            "changehopsize-0.75": (0.890, 0.890)}  # 88.5 < 89.0: missed
+    summaries = {name: summarize(BY_NAME[name], [fake_result(a, s) for s, a in enumerate(v)])
+                 for name, v in accs.items()}
+    assert summaries["full"].test_mean == pytest.approx(90.5)
+    assert summaries["full"].test_std == pytest.approx(np.std([90.0, 91.0], ddof=1))
+    goals = evaluate_goals(summaries)
+    assert [g.met for g in goals] == [True, True, False, None]  # (d) was not run
+    text = results_markdown(summaries, goals, "python -m service.train.experiments", [])
+    assert text.count("**met**") == 2 and "**missed**" in text and "**not run**" in text
+    assert "90.50 ± 0.71" in text
+
+
+def test_experiments_report_reads_result_files(tmp_path: Path) -> None:
+    from service.train.experiments import main
+
+    for name, acc in (("full", 0.9), ("diffres-1ms-0.9", 0.92)):
+        for seed in (0, 1):
+            run = tmp_path / "exp" / f"{name}-s{seed}"
+            run.mkdir(parents=True)
+            (run / "result.json").write_text(json.dumps(fake_result(acc, seed)))
+    main(["--data", "d", "--out", str(tmp_path / "exp"), "--docs", str(tmp_path / "docs"),
+          "--report-only"])
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "| diffres-1ms-0.9 |" in text and "**met**" in text
+    assert (tmp_path / "docs" / "results_accuracy_vs_frames.png").stat().st_size > 0
+
+
+def test_agreement_check_fails_loudly_on_a_mismatch() -> None:
+    from service.train.export_run import AgreementError, check_agreement
+
+    waves = torch.zeros(5, 160)
+    eager = torch.tensor([0, 1, 2, 0, 1])
+
+    def frontend(w):
+        return (w,)
+
+    def good(x):
+        return (torch.nn.functional.one_hot(eager[: len(x)], 3).float(),)
+
+    def bad(x):
+        return (torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 3).float(),)
+
+    report = check_agreement({"onnx": (frontend, good)}, eager, waves, batch_size=8)
+    assert report["onnx"] == {"agreement": 1.0, "mismatched": 0, "clips": 5}
+    with pytest.raises(AgreementError, match="torchscript"):
+        check_agreement({"onnx": (frontend, good), "torchscript": (frontend, bad)}, eager,
+                        waves, batch_size=8)
+
+
+def test_export_run_agrees_on_the_test_split(full_run: Path, tmp_path: Path) -> None:
+    from service.manifest import Manifest, verify_artifacts
+    from service.train.export_run import export_run
+
+    manifest = export_run(full_run, tmp_path / "store", "tiny-diffres", 1, batch_size=16)
+    directory = tmp_path / "store" / "tiny-diffres" / "1"
+    assert verify_artifacts(directory, Manifest.read(directory)) == []
+    agreement = Manifest.read(directory).metrics["test_top1_agreement"]
+    assert agreement["onnx"]["agreement"] == agreement["torchscript"]["agreement"] == 1.0
+    assert manifest.metrics["test_acc"] == json.loads((full_run / "result.json").read_text())[
+        "test_acc"]
+    assert manifest.dataset["counts"]["test"] == 48
+    assert manifest.training["compressor"] == "diffres"
+    with pytest.raises(FileExistsError):
+        export_run(full_run, tmp_path / "store", "tiny-diffres", 1)
