@@ -23,11 +23,13 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class Split:
-    """One split in memory: waves [N, CLIP_SAMPLES] float32, labels [N] long."""
+    """One split in memory: waves [N, CLIP_SAMPLES] float32, labels [N] long, and optionally
+    their log-mels [N, T, F] (see :func:`with_features`)."""
 
     waves: Tensor
     labels: Tensor
     paths: list[str]
+    features: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -78,6 +80,16 @@ def load_split(root: Path, split: str, labels: list[str],
         waves[i] = fit_length(audio)
     targets = torch.tensor([index[row["label"]] for row in chosen], dtype=torch.long)
     return Split(torch.from_numpy(waves), targets, [row["path"] for row in chosen])
+
+
+@torch.no_grad()
+def with_features(split: Split, frontend: torch.nn.Module, batch_size: int = 256) -> Split:
+    """The split with its log-mels computed once. Without mixup (which mixes waveforms) the
+    front end's output never changes between epochs; at a 1 ms hop it is half the cost of a
+    training step. 6,000 clips of 1,001 x 40 frames take 1 GB."""
+    device = next(frontend.buffers()).device
+    parts = [frontend(chunk.to(device)).cpu() for chunk in torch.split(split.waves, batch_size)]
+    return Split(split.waves, split.labels, split.paths, torch.cat(parts))
 
 
 def load_dataset(root: Path) -> tuple[list[str], dict[str, Split]]:

@@ -102,7 +102,7 @@ def export_run(run: Path, store: Path, name: str, version: int,
                                     dataset=result["dataset"], training=_training(cfg, result,
                                                                                   run))
         test = load_split(Path(cfg.data), "test", labels)
-        eager = predict(model, frontend, test.waves, batch_size, torch.device("cpu")).argmax(1)
+        eager = predict(model, frontend, test, batch_size, torch.device("cpu")).argmax(1)
         report = check_agreement(format_runners(staging), eager, test.waves, batch_size)
         manifest.metrics["test_top1_agreement"] = report
         manifest.write(staging)

@@ -42,8 +42,7 @@ def train_epoch(model: nn.Module, frontend: nn.Module, data: Split,
     seen = 0
     batches = batch_indices(len(data), cfg.batch_size, shuffle=True)
     for idx in tqdm(batches, desc=desc, leave=False, dynamic_ncols=True):
-        waves, labels = data.waves[idx].to(device), data.labels[idx].to(device)
-        ce, guide = _losses(model, frontend, waves, labels, augment)
+        ce, guide = _losses(model, frontend, data, idx, augment, device)
         loss = ce + cfg.guide_loss_weight * guide
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -56,15 +55,27 @@ def train_epoch(model: nn.Module, frontend: nn.Module, data: Split,
     return {key: value / max(seen, 1) for key, value in sums.items()}
 
 
-def _losses(model: nn.Module, frontend: nn.Module, waves: Tensor, labels: Tensor,
-            augment: Augment) -> tuple[Tensor, Tensor]:
+def spectrogram(frontend: nn.Module, data: Split, idx: Tensor, device: torch.device) -> Tensor:
+    """Log-mels of a batch: the split's precomputed ones when it has them."""
+    if data.features is not None:
+        return data.features[idx].to(device)
+    with torch.no_grad():
+        return frontend(data.waves[idx].to(device))
+
+
+def _losses(model: nn.Module, frontend: nn.Module, data: Split, idx: Tensor,
+            augment: Augment, device: torch.device) -> tuple[Tensor, Tensor]:
     """(cross-entropy, guide loss) of one augmented batch."""
+    labels = data.labels[idx].to(device)
     partner, lam = None, 1.0
     if augment.mixup_alpha > 0:
-        waves, partner, lam = mixup(waves, augment.mixup_alpha)
-    with torch.no_grad():
-        spec = spec_augment(frontend(waves), augment.time_masks, augment.max_time,
-                            augment.freq_masks, augment.max_freq, augment.fill)
+        waves, partner, lam = mixup(data.waves[idx].to(device), augment.mixup_alpha)
+        with torch.no_grad():
+            spec = frontend(waves)
+    else:
+        spec = spectrogram(frontend, data, idx, device)
+    spec = spec_augment(spec, augment.time_masks, augment.max_time, augment.freq_masks,
+                        augment.max_freq, augment.fill)
     out = model(spec)
     ce = F.cross_entropy(out["logits"], labels)
     if partner is not None:
@@ -73,12 +84,12 @@ def _losses(model: nn.Module, frontend: nn.Module, waves: Tensor, labels: Tensor
 
 
 @torch.no_grad()
-def predict(model: nn.Module, frontend: nn.Module, waves: Tensor, batch_size: int,
+def predict(model: nn.Module, frontend: nn.Module, data: Split, batch_size: int,
             device: torch.device, desc: str | None = None) -> Tensor:
     """Logits [N, n_classes] on the CPU, model in eval mode, no augmentation."""
     model.eval()
-    batches = batch_indices(len(waves), batch_size, shuffle=False)
-    logits = [model(frontend(waves[idx].to(device)))["logits"].float().cpu()
+    batches = batch_indices(len(data), batch_size, shuffle=False)
+    logits = [model(spectrogram(frontend, data, idx, device))["logits"].float().cpu()
               for idx in tqdm(batches, desc=desc, leave=False, disable=desc is None)]
     return torch.cat(logits) if logits else torch.zeros(0)
 
@@ -86,6 +97,6 @@ def predict(model: nn.Module, frontend: nn.Module, waves: Tensor, batch_size: in
 def evaluate(model: nn.Module, frontend: nn.Module, data: Split, batch_size: int,
              device: torch.device, desc: str | None = None) -> dict[str, float]:
     """Cross-entropy and top-1 accuracy on one split."""
-    logits = predict(model, frontend, data.waves, batch_size, device, desc)
+    logits = predict(model, frontend, data, batch_size, device, desc)
     return {"loss": float(F.cross_entropy(logits, data.labels)),
             "acc": float((logits.argmax(dim=1) == data.labels).float().mean())}

@@ -16,7 +16,13 @@ from tqdm import tqdm
 from service.train import checkpoint
 from service.train.config import TrainConfig, resolve_device, usable_cores
 from service.train.cost import model_costs
-from service.train.data import Split, dataset_summary, load_dataset, n_train_batches
+from service.train.data import (
+    Split,
+    dataset_summary,
+    load_dataset,
+    n_train_batches,
+    with_features,
+)
 from service.train.loop import Augment, evaluate, train_epoch
 from service.train.model import build_frontend, build_model, log_floor_value
 from service.train.optim import build_optimizer
@@ -55,6 +61,8 @@ def setup(cfg: TrainConfig) -> Run:
     checkpoint.seed_everything(cfg.seed)
     labels, splits = load_dataset(Path(cfg.data))
     frontend = build_frontend(cfg).to(device)
+    if cfg.mixup == 0:
+        splits = {name: with_features(split, frontend) for name, split in splits.items()}
     model = build_model(cfg, len(labels)).to(device)
     optimizer, scheduler = build_optimizer(
         model, cfg.lr, cfg.weight_decay, n_train_batches(len(splits["train"]), cfg.batch_size),
