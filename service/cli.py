@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = [
     "service.serving.cli",  # serve
+    "service.predict",  # predict
 ]
 
 

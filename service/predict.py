@@ -1,0 +1,97 @@
+"""``python -m service predict --model DIR FILE...``: classify audio files offline, no server.
+
+Reads any libsndfile format at any rate and channel count (mixed to mono, resampled with
+soxr), runs the model directory's own exported front end and classifier (ONNX Runtime by
+default, so no torch), and prints one JSON line per file:
+``{"file", "label", "probability", "top": [{"label", "probability"}], "windows"}``.
+Clips longer than the model's window are split into windows; probabilities are averaged.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from service.errors import DiffresError
+from service.manifest import Manifest, verify_artifacts
+from service.serving.audio import decode_audio
+from service.serving.backends import make_backend
+from service.serving.windowing import split_windows, top_k
+
+ARTIFACTS = {"onnx": ("frontend.onnx", "model.onnx"), "torchscript": ("frontend.pt", "model.pt")}
+
+
+class Predictor:
+    """A model directory loaded for offline use: front end and classifier on one device."""
+
+    def __init__(self, directory: Path, backend: str = "onnx", device: str = "cpu") -> None:
+        self.manifest = Manifest.read(directory)
+        problems = verify_artifacts(directory, self.manifest)
+        if problems:
+            raise ValueError(f"{directory}: " + "; ".join(problems))
+        frontend_file, model_file = ARTIFACTS[backend]
+        self.frontend = self._load(directory, frontend_file, backend, device,
+                                   self.manifest.frontend_inputs)
+        self.model = self._load(directory, model_file, backend, device, self.manifest.inputs)
+
+    def _load(self, directory: Path, name: str, backend: str, device: str, inputs: list):
+        artifact = self.manifest.artifacts[name]
+        runner = make_backend(backend, directory / name, inputs[0].name if inputs else "",
+                              None, ["CUDAExecutionProvider", "CPUExecutionProvider"], 0,
+                              sha256=artifact.sha256)
+        runner.load(device)
+        return runner
+
+    def classify(self, wave: np.ndarray, batch_size: int = 32) -> dict:
+        """[N] mono samples at the model's rate -> clip and per-window probabilities."""
+        spec = self.manifest.frontend
+        mel = next(iter(self.frontend.run(wave[np.newaxis].astype(np.float32)).values()))[0]
+        windows, _ = split_windows(mel, self.manifest.compressor.in_t_dim,
+                                   float(np.log(spec.log_floor)))
+        probs = np.concatenate([self.model.run(windows[i:i + batch_size])["probabilities"]
+                                for i in range(0, len(windows), batch_size)])
+        return {"probabilities": probs.mean(axis=0), "windows": len(windows)}
+
+
+def predict_file(predictor: Predictor, path: Path, top: int, max_seconds: float) -> dict:
+    labels = predictor.manifest.labels
+    wave = decode_audio(path.read_bytes(), predictor.manifest.frontend.sample_rate, max_seconds)
+    result = predictor.classify(wave)
+    ranked = top_k(result["probabilities"], labels, top)
+    return {"file": str(path), "label": ranked[0]["label"],
+            "probability": ranked[0]["probability"], "top": ranked,
+            "windows": result["windows"]}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        predictor = Predictor(Path(args.model), args.backend, args.device)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot load model {args.model}: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in args.files:
+        try:
+            line = predict_file(predictor, Path(name), args.top_k, args.max_seconds)
+        except (OSError, DiffresError) as exc:
+            failed += 1
+            line = {"file": name, "error": str(exc)}
+        sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predict", help="classify audio files offline",
+                                   description=__doc__)
+    parser.add_argument("--model", required=True,
+                        help="a model version directory, e.g. model_store/kws12-diffres/1")
+    parser.add_argument("files", nargs="+", help="audio files (any libsndfile format)")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--backend", choices=sorted(ARTIFACTS), default="onnx")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    parser.add_argument("--max-seconds", type=float, default=3600.0,
+                        help="refuse longer files (default one hour)")
+    parser.set_defaults(func=run)
