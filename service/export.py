@@ -220,6 +220,7 @@ def export_model_dir(model: AudioClassifier, frontend: LogMel, out_dir: Path, na
         raise FileExistsError(f"{out_dir} already holds files; model versions are immutable")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
     try:
         graph = ServingGraph(model)
         fe = LogMel.from_spec(frontend.spec()).to("cpu").eval()

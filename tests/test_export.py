@@ -57,6 +57,7 @@ def test_directory_and_manifest(exported):
     model, frontend, out_dir, manifest = exported
     assert {p.name for p in out_dir.iterdir()} == FILES
     assert [p.name for p in out_dir.parent.iterdir()] == ["1"]  # no staging left behind
+    assert out_dir.stat().st_mode & 0o777 == 0o755  # readable by a server of another user
     diffres = model.kind == "diffres"
     t = 50 if diffres else T
     assert manifest.compressor.kind == model.kind
