@@ -1,14 +1,7 @@
-"""Serving fixtures: a small model store built once per session with the real exporter.
-
-Store layout (tmp dir):
-  kws12-diffres/1  DiffRes, in_t_dim=101, n_mels=40, rate 0.5, 12 labels
-  kws12-diffres/2  the same artifacts re-labelled as version 2 (latest)
-  kws12-avgpool/1  AvgPool baseline (no compression outputs)
-  broken/1         kws12-diffres/1 with a corrupted model.onnx (checksum mismatch)
-"""
+"""Serving fixtures: a small model store built once per session with the real exporter
+(layout: ``tests/model_store_builder.build_serving_store``)."""
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -16,46 +9,20 @@ import numpy as np
 import pytest
 
 from service.config import Settings
-
-LABELS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_silence_",
-          "_unknown_"]
-IN_T_DIM, N_MELS, RATE, SAMPLE_RATE, HOP = 101, 40, 0.5, 16000, 160
-
-
-def _export(kind: str, out_dir: Path, name: str, seed: int) -> None:
-    import torch
-
-    from service.export import export_model_dir
-    from service.frontend import LogMel
-    from service.pipeline import AudioClassifier
-
-    torch.manual_seed(seed)
-    model = AudioClassifier.build(kind, IN_T_DIM, N_MELS, RATE, len(LABELS), width=8).eval()
-    frontend = LogMel(sample_rate=SAMPLE_RATE, n_mels=N_MELS, hop_length=HOP)
-    export_model_dir(model, frontend, out_dir, name=name, version=int(out_dir.name),
-                     labels=LABELS, metrics={"note": "untrained test model"}, dataset={},
-                     training={"seed": seed})
-
-
-def _relabel(src: Path, dst: Path, name: str, version: int) -> None:
-    from service.manifest import Manifest
-
-    shutil.copytree(src, dst)
-    manifest = Manifest.read(dst)
-    manifest.name, manifest.version = name, version
-    manifest.write(dst)
+from tests.model_store_builder import (  # noqa: F401  (re-exported for the serving tests)
+    HOP,
+    IN_T_DIM,
+    LABELS,
+    N_MELS,
+    RATE,
+    SAMPLE_RATE,
+    build_serving_store,
+)
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("model_store")
-    _export("diffres", root / "kws12-diffres" / "1", "kws12-diffres", seed=0)
-    _relabel(root / "kws12-diffres" / "1", root / "kws12-diffres" / "2", "kws12-diffres", 2)
-    _export("avgpool", root / "kws12-avgpool" / "1", "kws12-avgpool", seed=1)
-    _relabel(root / "kws12-diffres" / "1", root / "broken" / "1", "broken", 1)
-    with open(root / "broken" / "1" / "model.onnx", "ab") as f:
-        f.write(b"\0")
-    return root
+    return build_serving_store(tmp_path_factory.mktemp("model_store"))
 
 
 def make_settings(store: Path, **overrides) -> Settings:

@@ -1,0 +1,126 @@
+"""A local ``python -m service serve`` in a subprocess, on a free loopback port.
+
+    with LocalServer(log_path, env={"DIFFRES_MODEL_STORE": "..."}) as server:
+        httpx.get(server.url + "/models")
+    server.returncode  # 0 after a clean SIGTERM drain
+
+``start()`` returns once /readyz answers 200 (raises, with the log's tail, when the process
+exits, a model fails to load, or the timeout passes); ``stop()``
+sends SIGTERM and waits for the drain, then kills if it must. Standard library only.
+"""
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def is_loopback(url: str) -> bool:
+    """True when ``url``'s host is localhost or a loopback address (127.0.0.0/8, ::1)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def failed_models(url: str) -> list[str]:
+    """``name/version: reason`` of every model version the server failed to load."""
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
+            models = json.load(response)["models"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [f"{m['name']}/{m['version']}: {m.get('reason')}" for m in models
+            if m.get("state") == "failed"]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """Status code of GET ``url``, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+class LocalServer:
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, ready_timeout: float = 120.0,
+                 python: str = sys.executable) -> None:
+        self.log_path, self.env, self.args = Path(log_path), env or {}, args or []
+        self.ready_timeout, self.python = ready_timeout, python
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+
+    def start(self) -> str:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [self.python, "-m", "service", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=os.environ | self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self.url
+
+    def _wait_ready(self) -> None:
+        give_up = time.monotonic() + self.ready_timeout
+        while time.monotonic() < give_up:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            status = http_status(self.url + "/readyz")
+            if status == 200:
+                return
+            failed = failed_models(self.url) if status is not None else []
+            if failed:
+                self.stop()
+                raise RuntimeError("the server failed to load: " + "; ".join(failed))
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"server not ready within {self.ready_timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, wait up to ``timeout`` for the drain, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.returncode, self.proc = self.proc.returncode, None
+        return self.returncode
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> "LocalServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
