@@ -45,16 +45,36 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1)
     max_queue_delay_ms: float = Field(5.0, ge=0)
     max_queue_size: int = Field(512, ge=1, description="queued windows per model version")
+    max_inflight_requests: int = Field(128, ge=1, description="inference requests being "
+                                       "served (decoding, queued, running) before 503")
     request_timeout_s: float = Field(30.0, gt=0)
+    batch_timeout_s: float = Field(10.0, gt=0, description="watchdog: a batch running longer "
+                                   "fails and its worker is replaced")
     max_upload_bytes: int = Field(50 * MB, gt=0)
     max_audio_seconds: float = Field(600.0, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    api_key: SecretStr | None = None
-    admin_key: SecretStr | None = None
+    poll_interval_s: float = Field(0.0, ge=0, description="rescan the model store every N s "
+                                   "(0: off; POST /admin/models/{name}/reload rescans on demand)")
+    api_key: SecretStr | None = Field(None, description="if set, every endpoint but the ops "
+                                      "ones needs it (Authorization: Bearer, or X-API-Key)")
+    admin_key: SecretStr | None = Field(None, description="enables /admin/* (404 when unset), "
+                                        "which needs this key")
+    protect_ops: bool = Field(False, description="/healthz, /readyz, /metrics need the API key")
+    cors_origins: CommaList = Field(default_factory=list,
+                                    description="origins allowed by CORS; empty: CORS off")
 
-    _split = field_validator("models", "onnx_providers", "devices", mode="before")(_split_commas)
+    _split = field_validator("models", "onnx_providers", "devices", "cors_origins",
+                             mode="before")(_split_commas)
+
+    @field_validator("api_key", "admin_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """``DIFFRES_API_KEY=`` (empty) means no key, never the empty key."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     def masked(self) -> dict[str, Any]:
         """JSON-safe dump with secrets shown as ``**********``."""

@@ -18,6 +18,12 @@ class DiffresError(Exception):
             self.code = code
 
 
+class Unauthorized(DiffresError):
+    """No valid API key (or admin key) was presented. The message says nothing more."""
+
+    code = "unauthorized"
+
+
 class InvalidParameter(DiffresError):
     """A query parameter or request option is wrong (bad ``top_k``, unsupported operation)."""
 

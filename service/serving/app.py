@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.config import Settings, get_settings
-from service.serving import http_errors
+from service.serving import http_errors, security
 from service.serving.inference import InferenceService
 from service.serving.metrics import Metrics
 from service.serving.middleware import EdgeMiddleware
 from service.serving.repository import ModelRepository
-from service.serving.routes import health, inference, models
+from service.serving.routes import admin, health, inference, models, v2
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, service
     app.dependency_overrides[get_settings] = lambda: settings
-    for router in (inference.router, models.router, health.router):
+    for router in (inference.router, models.router, health.router, v2.router):
         app.include_router(router)
+    if settings.admin_key is not None:  # else every /admin path is 404
+        app.include_router(admin.router)
     http_errors.install(app)
-    app.add_middleware(EdgeMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes)
+    security.install(app, settings)  # inside the edge middleware: added before it
+    app.add_middleware(EdgeMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes,
+                       inflight=repository.inflight, draining=lambda: not service.accepting)
     return app

@@ -3,8 +3,16 @@
 ``OnnxBackend`` uses ONNX Runtime (providers in the configured order, CUDA before CPU,
 unavailable ones skipped). ``TorchScriptBackend`` imports torch only inside ``load``, so
 the ONNX serving path never imports torch. A backend instance belongs to one worker.
+
+Nothing is loaded that the manifest did not promise: ``load`` reads the artifact's bytes once,
+checks their sha256 against the manifest's, and builds the session or module from those same
+bytes (no second read a swapped file could slip into). Neither loader unpickles Python
+objects: ONNX is protobuf, and ``torch.jit.load`` reads TorchScript archives with its own
+restricted loader (no ``torch.load``, whose default can run arbitrary pickles).
 """
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Protocol
 
@@ -28,13 +36,23 @@ def cuda_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
+def read_verified(path: Path, sha256: str) -> bytes:
+    """The bytes of ``path`` if their sha256 is ``sha256``; else ``ValueError``."""
+    data = Path(path).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"{Path(path).name}: sha256 {actual[:12]}... does not match the "
+                         f"manifest's {sha256[:12]}...; refusing to load it")
+    return data
+
+
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: Path, input_name: str, output_names: list[str] | None,
-                 providers: list[str], threads: int = 1) -> None:
+                 providers: list[str], threads: int = 1, *, sha256: str) -> None:
         self.path, self.input_name, self.output_names = Path(path), input_name, output_names
-        self.providers, self.threads = providers, threads
+        self.providers, self.threads, self.sha256 = providers, threads, sha256
         self.device = "unloaded"
         self._session = None
 
@@ -45,7 +63,8 @@ class OnnxBackend:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(self.path), sess_options=options,
+        self._session = ort.InferenceSession(read_verified(self.path, self.sha256),
+                                             sess_options=options,
                                              providers=self._providers(device, ort))
         if self.output_names is None:
             self.output_names = [o.name for o in self._session.get_outputs()]
@@ -78,10 +97,10 @@ class TorchScriptBackend:
     name = "torchscript"
 
     def __init__(self, path: Path, input_name: str, output_names: list[str] | None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, *, sha256: str) -> None:
         self.path, self.input_name, self.output_names = Path(path), input_name, output_names
         self.output_names = output_names or ["output"]
-        self.threads = threads
+        self.threads, self.sha256 = threads, sha256
         self.device = "unloaded"
         self._module = None
 
@@ -90,7 +109,8 @@ class TorchScriptBackend:
 
         if device == "cpu" and torch.get_num_threads() > self.threads:
             torch.set_num_threads(self.threads)  # process-wide in torch; first worker wins
-        self._module = torch.jit.load(str(self.path), map_location=device).eval()
+        data = io.BytesIO(read_verified(self.path, self.sha256))
+        self._module = torch.jit.load(data, map_location=device).eval()
         self.device = device
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -123,9 +143,11 @@ class TorchScriptBackend:
 
 
 def make_backend(kind: str, path: Path, input_name: str, output_names: list[str] | None,
-                 providers: list[str], threads: int) -> Backend:
+                 providers: list[str], threads: int, *, sha256: str) -> Backend:
+    """The backend of ``kind`` for the artifact at ``path``, whose manifest sha256 is
+    ``sha256`` (checked when it loads)."""
     if kind == "onnx":
-        return OnnxBackend(path, input_name, output_names, providers, threads)
+        return OnnxBackend(path, input_name, output_names, providers, threads, sha256=sha256)
     if kind == "torchscript":
-        return TorchScriptBackend(path, input_name, output_names, threads)
+        return TorchScriptBackend(path, input_name, output_names, threads, sha256=sha256)
     raise ValueError(f"unknown backend {kind!r}")

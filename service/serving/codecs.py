@@ -1,18 +1,32 @@
-"""Spectrogram bodies -> validated float32 [T, F] arrays (JSON and .npy).
+"""Spectrogram bodies -> validated float32 [T, F] arrays (JSON and .npy), and the value range
+every model input must respect.
 
-Values are in the model's front-end units (natural-log mel power); nothing is rescaled.
+Values are in the model's front-end units (natural-log mel power); nothing is rescaled. Both
+parsers refuse a body that holds more than ``max_values`` numbers before building the array:
+JSON by counting separators, .npy by reading its header (whose declared size must also match
+the body, since ``np.load`` allocates what the header declares before reading).
 """
 
 import io
+import math
 
 import numpy as np
 import orjson
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
+# Accepted log-mel values. The front end gives >= log(log_floor) (~ -13.8) and ~ 11 for
+# full-scale audio; 50 would need audio ~1e8 times full scale, and untrained models overflow
+# (NaN) from ~70. Below, anything a log with another floor could give is accepted.
+LOG_MEL_RANGE = (-1000.0, 50.0)
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
 
-def spectrogram_from_json(data: bytes) -> np.ndarray:
+
+def spectrogram_from_json(data: bytes, max_values: int | None = None) -> np.ndarray:
     """``{"spectrogram": [[F floats], ... T rows]}`` -> [T, F] (not yet validated)."""
+    if max_values is not None and data.count(b",") >= max_values:
+        raise PayloadTooLarge(f"spectrogram holds more than {max_values} values")
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -28,26 +42,46 @@ def spectrogram_from_json(data: bytes) -> np.ndarray:
     if any(len(row) != width for row in rows):
         raise InvalidInput("spectrogram is ragged: rows have different lengths")
     try:
-        return np.asarray(rows, dtype=np.float32)
+        array = np.asarray(rows)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"spectrogram must contain only numbers: {exc}") from exc
+    if array.dtype.kind not in "iuf":  # booleans, strings, nulls, nested lists
+        raise InvalidInput("spectrogram must contain only numbers")
+    return array.astype(np.float32)
 
 
-def spectrogram_from_npy(data: bytes) -> np.ndarray:
-    """A .npy file (no pickles) -> array (not yet validated)."""
+def spectrogram_from_npy(data: bytes, max_values: int | None = None) -> np.ndarray:
+    """A .npy file (numeric dtype, no pickles) -> array (not yet validated)."""
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        if version not in _HEADER_READERS:
+            raise ValueError(f"format version {version} is not supported")
+        shape, _, dtype = _HEADER_READERS[version](buffer)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise UnsupportedMedia(f"body is not a readable .npy file: {exc}") from exc
+    if dtype.hasobject:
+        raise UnsupportedMedia(".npy holds Python objects (a pickle); only numeric arrays "
+                               "are accepted")
+    if dtype.kind not in "iuf":
+        raise InvalidInput(f"spectrogram dtype must be numeric, got {dtype}")
+    count = math.prod(shape)
+    if max_values is not None and count > max_values:
+        raise PayloadTooLarge(f"spectrogram of shape {list(shape)} holds more than "
+                              f"{max_values} values")
+    if count * dtype.itemsize != len(data) - buffer.tell():
+        raise UnsupportedMedia(f".npy header declares {list(shape)} {dtype} "
+                               f"({count * dtype.itemsize} bytes); the body holds "
+                               f"{len(data) - buffer.tell()}")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise UnsupportedMedia(f"body is not a readable .npy file: {exc}") from exc
-    if not isinstance(array, np.ndarray):
-        raise UnsupportedMedia("body must be a single .npy array, not an .npz archive")
-    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
-        raise InvalidInput(f"spectrogram dtype must be numeric, got {array.dtype}")
     return array.astype(np.float32, copy=False)
 
 
 def validate_spectrogram(array: np.ndarray, n_mels: int, max_frames: int) -> np.ndarray:
-    """Checks shape [T, n_mels] with T >= 1, T <= max_frames, and finiteness."""
+    """Checks shape [T, n_mels] with 1 <= T <= max_frames, finiteness and value range."""
     if array.ndim != 2:
         raise InvalidInput(f"spectrogram must be 2-D [T, F], got shape {list(array.shape)}")
     frames, bins = array.shape
@@ -59,4 +93,16 @@ def validate_spectrogram(array: np.ndarray, n_mels: int, max_frames: int) -> np.
         raise PayloadTooLarge(f"spectrogram has {frames} frames; the limit is {max_frames}")
     if not np.all(np.isfinite(array)):
         raise InvalidInput("spectrogram contains NaN or Inf")
+    check_range(array, "spectrogram")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def check_range(log_mel: np.ndarray, source: str) -> None:
+    """Refuse log-mel values outside ``LOG_MEL_RANGE`` (and NaN/Inf), from ``source``."""
+    low, high = LOG_MEL_RANGE
+    if log_mel.size and np.all(np.isfinite(log_mel)) and low <= log_mel.min() \
+            and log_mel.max() <= high:
+        return
+    hint = " (samples should lie within [-1, 1])" if source == "audio" else ""
+    raise InvalidInput(f"{source} level out of range: log-mel values must lie within "
+                       f"[{low:g}, {high:g}]{hint}")

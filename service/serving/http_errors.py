@@ -19,6 +19,7 @@ from service.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMedia,
 )
 from service.serving.responses import OrjsonResponse
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[DiffresError], int] = {
     InvalidParameter: 400,
+    Unauthorized: 401,
     ModelNotFound: 404,
     PayloadTooLarge: 413,
     UnsupportedMedia: 415,
@@ -38,8 +40,8 @@ STATUS: dict[type[DiffresError], int] = {
     DeadlineExceeded: 504,
     DiffresError: 500,
 }
-HTTP_CODES = {400: "invalid_parameter", 404: "not_found", 405: "method_not_allowed",
-              413: "payload_too_large", 415: "unsupported_media"}
+HTTP_CODES = {400: "invalid_parameter", 401: "unauthorized", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media"}
 
 
 def status_of(exc: DiffresError) -> int:
@@ -62,6 +64,8 @@ def render(exc: DiffresError) -> OrjsonResponse:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     elif isinstance(exc, NotReady):
         headers = {"Retry-After": "5"}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="diffres-serve"'}
     if status >= 500 and not isinstance(exc, (NotReady, Overloaded, DeadlineExceeded)):
         log.error("%s: %s", exc.code, exc.message)
     return error_response(status, exc.code, exc.message, headers)

@@ -13,12 +13,26 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import soxr
 
 from service.config import Settings
-from service.errors import InferenceFailed, InvalidParameter, NotReady
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidInput,
+    InvalidParameter,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
 from service.serving import windowing as W
 from service.serving.audio import decode_audio
-from service.serving.codecs import spectrogram_from_json, spectrogram_from_npy, validate_spectrogram
+from service.serving.codecs import (
+    check_range,
+    spectrogram_from_json,
+    spectrogram_from_npy,
+    validate_spectrogram,
+)
 from service.serving.metrics import Metrics
 from service.serving.repository import ModelRepository, ServedModel
 
@@ -57,8 +71,19 @@ class InferenceService:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def offload(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    async def offload(self, fn, *args, deadline: float | None = None):
+        """``fn(*args)`` on the thread pool. Past ``deadline`` (loop time) the request gets
+        ``DeadlineExceeded`` and the job, if it has not started yet, never runs."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        timer = asyncio.timeout_at(deadline)
+        try:
+            async with timer:
+                return await future
+        except TimeoutError:
+            if timer.expired():
+                raise DeadlineExceeded("request deadline passed while its input was being "
+                                       "prepared") from None
+            raise
 
     def model_label(self, name: str | None) -> str:
         """Metrics label for a requested model: its name if known, else "unknown"."""
@@ -72,6 +97,9 @@ class InferenceService:
     def _tracked(self):
         if not self.accepting:
             raise NotReady("server is shutting down", code="shutting_down")
+        if self.inflight >= self.settings.max_inflight_requests:  # bounds the pool's queue too
+            raise Overloaded(f"{self.inflight} inference requests in flight; the limit is "
+                             f"{self.settings.max_inflight_requests}")
         self.inflight += 1
         self.metrics.inflight.inc()
         try:
@@ -99,34 +127,109 @@ class InferenceService:
             p = await self._prepare(model, payload)
             return await self.offload(compress_result, p)
 
+    async def infer_windows(self, model: ServedModel, windows: np.ndarray
+                            ) -> dict[str, np.ndarray]:
+        """Each row of ``windows`` [B, in_t_dim, n_mels] (front-end units) is one model window:
+        every model output stacked over the rows, [B, ...]. Same checks, limits (B * in_t_dim
+        frames), batcher and metrics as a spectrogram sent to /classify."""
+        with self._tracked():
+            deadline = self._deadline()
+            c, f = model.manifest.compressor, model.manifest.frontend
+            if windows.ndim != 3 or windows.shape[1] != c.in_t_dim:
+                raise InvalidInput(f"windows must be [B, {c.in_t_dim}, {f.n_mels}], got "
+                                   f"{list(windows.shape)}")
+            spec = await self.offload(validate_spectrogram, windows.reshape(-1, windows.shape[2]),
+                                      f.n_mels, self._max_frames(model), deadline=deadline)
+            (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline)
+            return {name: np.stack([r[name] for r in p.results]) for name in p.results[0]}
+
+    async def classify_waveforms(self, model: ServedModel, waves: np.ndarray,
+                                 sample_rate: int) -> dict[str, np.ndarray]:
+        """Each row of ``waves`` [B, N] (mono, ``sample_rate``) is one clip, classified as
+        /classify classifies audio; all rows' windows are one batcher request. Returns
+        ``probabilities`` [B, C] (per clip: the mean over its windows) and ``frame_scores``
+        [B, T] (T = 1 + N' // hop_length, N' samples at the model's rate)."""
+        with self._tracked():
+            deadline = self._deadline()
+            features = await self.offload(self._waveform_features, model, waves, sample_rate,
+                                          deadline=deadline)
+            return clip_outputs(await self._run(model, features, deadline))
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+    def _max_frames(self, model: ServedModel) -> int:
+        return int(self.settings.max_audio_seconds / model.manifest.frontend.frame_hop_seconds) + 1
+
     async def _prepare(self, model: ServedModel, payload: Payload) -> Prepared:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout_s
-        features, duration = await self.offload(self._features, model, payload)
+        deadline = self._deadline()
+        features, duration = await self.offload(self._features, model, payload,
+                                                deadline=deadline)
+        (prepared,) = await self._run(model, [(features, duration)], deadline)
+        return prepared
+
+    async def _run(self, model: ServedModel, inputs: list[tuple[np.ndarray, float]],
+                   deadline: float) -> list[Prepared]:
+        """Window every ([T, F], duration) of ``inputs``, submit all the windows as one
+        request to the batcher (one admission) and give each input its results."""
         size = model.manifest.compressor.in_t_dim
-        windows, valid = W.split_windows(features, size, model.pad_value)
+        split = [W.split_windows(features, size, model.pad_value) for features, _ in inputs]
+        windows = split[0][0] if len(split) == 1 else np.concatenate([w for w, _ in split])
         results = await model.batcher.submit(windows, deadline)
         if len(results) != len(windows):
             raise InferenceFailed(f"{len(results)} results for {len(windows)} windows")
-        prepared = Prepared(model, features, duration, windows, valid, results)
-        self._count(prepared)
+        prepared, start = [], 0
+        for (features, duration), (w, valid) in zip(inputs, split, strict=True):
+            p = Prepared(model, features, duration, w, valid, results[start:start + len(w)])
+            start += len(w)
+            self._count(p)
+            prepared.append(p)
         return prepared
 
     def _features(self, model: ServedModel, payload: Payload) -> tuple[np.ndarray, float]:
         """[T, F] log-mel and the input's duration in seconds (runs on the thread pool)."""
         f = model.manifest.frontend
-        max_frames = int(self.settings.max_audio_seconds / f.frame_hop_seconds) + 1
         if payload.kind == "audio":
             wave = decode_audio(payload.data, f.sample_rate, self.settings.max_audio_seconds)
-            mel = next(iter(model.frontend.run(wave[np.newaxis]).values()))[0]
-            expected = 1 + len(wave) // f.hop_length
-            if mel.shape != (expected, f.n_mels):
-                raise InferenceFailed(f"front end gave {list(mel.shape)}, expected "
-                                      f"[{expected}, {f.n_mels}]")
-            return np.ascontiguousarray(mel, np.float32), len(wave) / f.sample_rate
+            return self._log_mel(model, wave), len(wave) / f.sample_rate
         parse = spectrogram_from_json if payload.kind == "json" else spectrogram_from_npy
-        spec = validate_spectrogram(parse(payload.data), f.n_mels, max_frames)
+        max_frames = self._max_frames(model)
+        spec = validate_spectrogram(parse(payload.data, max_frames * f.n_mels), f.n_mels,
+                                    max_frames)
         return spec, spec.shape[0] * f.frame_hop_seconds
+
+    def _waveform_features(self, model: ServedModel, waves: np.ndarray,
+                           sample_rate: int) -> list[tuple[np.ndarray, float]]:
+        """[B, N] clips -> ([T, F] log-mel, seconds) per row (runs on the thread pool)."""
+        f = model.manifest.frontend
+        if waves.ndim != 2 or waves.size == 0 or sample_rate < 1:
+            raise InvalidInput(f"waveforms must be a non-empty [B, N] at a positive sample "
+                               f"rate, got {list(waves.shape)} at {sample_rate} Hz")
+        seconds = waves.size / sample_rate
+        if seconds > self.settings.max_audio_seconds:
+            raise PayloadTooLarge(f"waveforms hold {seconds:.1f} s of audio; the limit is "
+                                  f"{self.settings.max_audio_seconds:g} s")
+        if not np.all(np.isfinite(waves)):
+            raise InvalidInput("waveform contains NaN or Inf samples")
+        features = []
+        for row in waves.astype(np.float32, copy=False):
+            wave = row if sample_rate == f.sample_rate else soxr.resample(  # as decode_audio
+                row, sample_rate, f.sample_rate, quality="HQ")
+            wave = np.ascontiguousarray(wave, np.float32)
+            features.append((self._log_mel(model, wave), len(wave) / f.sample_rate))
+        return features
+
+    @staticmethod
+    def _log_mel(model: ServedModel, wave: np.ndarray) -> np.ndarray:
+        """[N] samples at the model's rate -> [1 + N // hop_length, n_mels] via its front end."""
+        f = model.manifest.frontend
+        mel = next(iter(model.frontend.run(wave[np.newaxis]).values()))[0]
+        expected = 1 + len(wave) // f.hop_length
+        if mel.shape != (expected, f.n_mels):
+            raise InferenceFailed(f"front end gave {list(mel.shape)}, expected "
+                                  f"[{expected}, {f.n_mels}]")
+        check_range(mel, "audio")  # NaN/Inf or overflowing audio never reaches the model
+        return np.ascontiguousarray(mel, np.float32)
 
     def _count(self, p: Prepared) -> None:
         name = p.model.name
@@ -164,6 +267,17 @@ def classify_result(p: Prepared, top_k: int) -> dict:
                          "probabilities": dict(zip(labels, map(float, clip), strict=True)),
                          "top": W.top_k(clip, labels, min(top_k, len(labels))),
                          "windows": windows}
+
+
+def clip_outputs(prepared: list[Prepared]) -> dict[str, np.ndarray]:
+    """Clips of one length -> probabilities [B, C] (each the mean over its windows, as in
+    classify_result) and frame_scores [B, T] (padding left out)."""
+    probs = [np.stack([r["probabilities"] for r in p.results]).astype(np.float64).mean(axis=0)
+             for p in prepared]
+    scores = [W.frame_scores([r["frame_scores"] for r in p.results], p.features.shape[0])
+              for p in prepared]
+    return {"probabilities": np.stack(probs).astype(np.float32),
+            "frame_scores": np.stack(scores)}
 
 
 def compress_result(p: Prepared) -> dict:

@@ -50,6 +50,9 @@ class Metrics:
         self.output_frames = Counter("diffres_output_frames",
                                      "Frames produced by the temporal compression.", ["model"],
                                      registry=r)
+        self.worker_replacements = Counter(
+            "diffres_worker_replacements", "Workers replaced after a hung batch or a failed "
+            "probe.", ["model"], registry=r)
         self.model_info = Gauge("diffres_model_info", "1 for every model version being served.",
                                 ["model", "version", "backend", "device"], registry=r)
 
@@ -77,3 +80,6 @@ class ModelMetrics:
     def batch(self, size: int, seconds: float, backend: str, device: str) -> None:
         self.parent.batch_size.labels(self.model).observe(size)
         self.parent.inference_duration.labels(self.model, backend, device).observe(seconds)
+
+    def worker_replaced(self) -> None:
+        self.parent.worker_replacements.labels(self.model).inc()

@@ -1,14 +1,21 @@
-"""ASGI middleware at the edge: request id, request metrics, and the upload size limit.
+"""ASGI middleware at the edge: request id, request metrics, the upload size limit, the
+in-flight count and ``Connection: close`` while draining.
 
 The size limit never buffers the body: a declared Content-Length over the limit is refused
 before reading anything, and a chunked body is counted as it streams, failing as soon as
 it passes the limit.
+
+Every request is counted in ``inflight`` (the repository's grace periods wait on it). While
+the server drains, every response carries ``Connection: close``, so no client sends its next
+request on a kept-alive connection the server is about to close.
 """
 
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,9 +30,26 @@ UNTIMED = {"/metrics"}
 QUIET = {"/healthz", "/readyz"}  # probes: logged at debug level
 
 
+class Tracker(Protocol):
+    def enter(self) -> int: ...
+
+    def leave(self, token: int) -> None: ...
+
+
+class _Untracked:
+    def enter(self) -> int:
+        return 0
+
+    def leave(self, token: int) -> None: ...
+
+
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int,
+                 inflight: Tracker | None = None,
+                 draining: Callable[[], bool] = lambda: False) -> None:
         self.app, self.metrics, self.max_bytes = app, metrics, max_upload_bytes
+        self.inflight = inflight if inflight is not None else _Untracked()
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,11 +61,14 @@ class EdgeMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                extra = [(b"x-request-id", rid.encode())]
+                if self.draining():
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         started = time.perf_counter()
+        epoch = self.inflight.enter()
         try:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_bytes:
@@ -50,6 +77,7 @@ class EdgeMiddleware:
                 return await response(scope, receive, send_with_id)
             await self.app(scope, self._limited(receive), send_with_id)
         finally:
+            self.inflight.leave(epoch)
             self._observe(scope, status[0], time.perf_counter() - started)
             slog.request_id.reset(token)
 

@@ -1,8 +1,17 @@
 """The model repository: which model versions are served, their workers, batchers and
 front ends, and their load state. ``start()`` loads and warms every selected version;
-``stop()`` drains batchers and releases workers. No HTTP here."""
+``reload()`` applies what changed in the store since; ``stop()`` drains batchers and
+releases workers. No HTTP here.
+
+Hot reload (``reload(name)``, and every ``poll_interval_s`` when set): a new or changed
+version is loaded and warmed first, then swapped in (``resolve`` sees it at once); a version
+gone from the store, or replaced, is hidden from ``resolve`` and released after a grace
+period (every request that started before has finished, see ``inflight.py``) and after its
+batcher has drained. A version that fails to load never replaces a serving one.
+"""
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -15,8 +24,18 @@ from service.errors import ModelNotFound, NotReady
 from service.manifest import Manifest
 from service.serving.backends import Backend, make_backend
 from service.serving.batcher import Batcher
+from service.serving.inflight import InFlight
 from service.serving.metrics import Metrics
-from service.serving.store import ARTIFACTS, COMPRESSION_OUTPUTS, StoreEntry, scan_store
+from service.serving.store import (
+    ARTIFACTS,
+    COMPRESSION_OUTPUTS,
+    StoreEntry,
+    load_entry,
+    model_names,
+    scan_store,
+    signature,
+    version_dirs,
+)
 from service.serving.workers import (
     Worker,
     WorkerSpec,
@@ -26,7 +45,7 @@ from service.serving.workers import (
 )
 
 log = logging.getLogger(__name__)
-LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
+LOADING, READY, FAILED, UNLOADING, STOPPED = "loading", "ready", "failed", "unloading", "stopped"
 
 
 @dataclass
@@ -86,39 +105,55 @@ class ModelRepository:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.models: dict[tuple[str, int], ServedModel] = {}
+        self.retiring: list[ServedModel] = []  # hidden, released after a grace period
+        self.inflight = InFlight()  # the edge counts requests in it
         self.loaded = asyncio.Event()
+        self._lock = asyncio.Lock()  # one load or reload at a time
+        self._specs: list[WorkerSpec] = []
+        self._rejected: dict[tuple[str, int], tuple] = {}  # signatures that failed to load
+        self._tasks: set[asyncio.Task] = set()
+        self._poller: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
-        """Loading finished and every configured model version is serving."""
-        return (self.loaded.is_set() and bool(self.models)
-                and all(m.state == READY for m in self.models.values()))
+        """Loading finished and every model has a version serving."""
+        if not self.loaded.is_set() or not self.models:
+            return False
+        serving = {n for (n, _), m in self.models.items() if m.state == READY}
+        return all(n in serving for n, _ in self.models)
 
     async def start(self) -> None:
         s = self.settings
+        async with self._lock:
+            try:
+                await self._start(s)
+            finally:
+                self.loaded.set()
+        if s.poll_interval_s > 0:
+            self._poller = asyncio.create_task(self._poll(), name="poll-store")
+
+    async def _start(self, s: Settings) -> None:
         entries = await asyncio.to_thread(scan_store, s.model_store, s.backend, s.models or None)
         self.models = {(e.name, e.version): ServedModel(e, backend=s.backend) for e in entries}
         if not entries:
             log.error("no model found in %s", s.model_store)
         devices = resolve_devices(s.devices, await asyncio.to_thread(visible_gpu_count, s.backend))
-        specs = plan_workers(devices, s.instances_per_device, os.cpu_count() or 1,
-                             models=sum(e.ok for e in entries),
-                             intra_op_threads=s.intra_op_threads)
-        try:
-            for served in self.models.values():
-                await self._load(served, specs)
-        finally:
-            self.loaded.set()
+        self._specs = plan_workers(devices, s.instances_per_device, os.cpu_count() or 1,
+                                   models=sum(e.ok for e in entries),
+                                   intra_op_threads=s.intra_op_threads)
+        for served in self.models.values():
+            await self._load(served)
 
-    async def _load(self, served: ServedModel, specs: list[WorkerSpec]) -> None:
+    async def _load(self, served: ServedModel) -> None:
         if not served.entry.ok:
             return self._fail(served, "; ".join(served.entry.problems))
+        specs, s = self._specs, self.settings
         served.devices = sorted({spec.device for spec in specs})
         try:
             served.frontend = self._backend(served, "frontend", specs[0], threads=1)
             await asyncio.to_thread(served.frontend.load, specs[0].device)
-            served.workers = [Worker(spec, lambda sp, m=served: self._backend(m, "model", sp))
-                              for spec in specs]
+            served.workers = [Worker(spec, lambda sp, m=served: self._backend(m, "model", sp),
+                                     s.batch_timeout_s) for spec in specs]
             warmup = self._warmup_batches(served)
             for worker in served.workers:
                 await worker.start(warmup)
@@ -127,9 +162,9 @@ class ModelRepository:
             log.exception("loading %s/%s failed", served.name, served.version)
             await self._release(served)
             return self._fail(served, f"load failed: {type(exc).__name__}: {exc}")
-        s = self.settings
         served.batcher = Batcher(served.workers, s.max_batch_size, s.max_queue_delay_ms / 1000,
-                                 s.max_queue_size, self.metrics.for_model(served.name))
+                                 s.max_queue_size, self.metrics.for_model(served.name),
+                                 batch_timeout_s=s.batch_timeout_s)
         await served.batcher.start()
         served.state = READY
         for device in served.devices:
@@ -154,7 +189,8 @@ class ModelRepository:
             outs = [o.name for o in m.frontend_outputs] or None
         inp = m.inputs[0].name if role == "model" and m.inputs else inp
         return make_backend(served.backend, served.entry.path / path, inp, outs,
-                            self.settings.onnx_providers, threads or spec.threads)
+                            self.settings.onnx_providers, threads or spec.threads,
+                            sha256=m.artifacts[path].sha256)
 
     def _warmup_batches(self, served: ServedModel) -> list[np.ndarray]:
         c = served.manifest.compressor
@@ -181,10 +217,15 @@ class ModelRepository:
             served.frontend.close()
 
     async def stop(self) -> None:
-        for served in self.models.values():
-            await self._release(served)
-            if served.state == READY:
-                served.state = STOPPED
+        if self._poller is not None:
+            self._poller.cancel()
+        async with self._lock:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            for served in self.models.values():
+                await self._release(served)
+                if served.state == READY:
+                    served.state = STOPPED
 
     def resolve(self, name: str, version: int | None) -> ServedModel:
         """The served version (latest ready one when ``version`` is None)."""
@@ -205,4 +246,112 @@ class ModelRepository:
         return served
 
     def describe(self) -> list[dict]:
-        return [m.describe() for m in self.models.values()]
+        return [m.describe() for m in [*self.models.values(), *self.retiring]]
+
+    # -- hot reload ------------------------------------------------------------------------
+
+    async def reload(self, name: str | None = None) -> dict[str, dict]:
+        """Rescan the store for ``name`` (or every model) and apply the changes; per model:
+        versions ``loaded``, ``unloaded`` (released after their requests), ``failed``
+        ("version" -> reason; a serving version stays), ``unchanged``."""
+        if not self.loaded.is_set():
+            raise NotReady("models are still loading")
+        async with self._lock:
+            names = await self._names_to_scan(name)
+            return {n: await self._reload_model(n) for n in names}
+
+    async def _names_to_scan(self, name: str | None) -> list[str]:
+        """Model names to rescan. A client's ``name`` is only compared with the names found
+        by listing the store and the names being served, never joined to a path."""
+        on_disk = set(await asyncio.to_thread(model_names, self.settings.model_store))
+        served = {n for n, _ in self.models}
+        allowed = set(self.settings.models) or None
+        if name is None:
+            return sorted(allowed or on_disk | served)
+        if name not in on_disk | served or (allowed is not None and name not in allowed):
+            raise ModelNotFound(f"no model {name!r} in the store"
+                                + (" (or not in the models setting)" if allowed else ""))
+        return [name]
+
+    async def _reload_model(self, name: str) -> dict:
+        report: dict = {"loaded": [], "unloaded": [], "failed": {}, "unchanged": []}
+        disk = await asyncio.to_thread(version_dirs, self.settings.model_store / name)
+        current = {v: m for (n, v), m in self.models.items() if n == name}
+        for version, path in sorted(disk.items()):
+            sig = await asyncio.to_thread(signature, path)
+            old = current.get(version)
+            if (old is not None and old.entry.signature == sig) or \
+                    self._rejected.get((name, version)) == sig:
+                report["unchanged"].append(version)
+                continue
+            new = await self._load_version(name, version, path, old)
+            if new.state == READY:
+                report["loaded"].append(version)
+            else:
+                report["failed"][str(version)] = new.reason  # JSON object keys are strings
+        for version, old in current.items():
+            if version not in disk:
+                del self.models[(name, version)]
+                if version > 0:
+                    self._retire(old)
+                    report["unloaded"].append(version)
+        if not disk and name in self.settings.models:  # configured, but nothing on disk
+            self.models[(name, 0)] = ServedModel(StoreEntry(
+                name, 0, self.settings.model_store / name,
+                problems=["no version directory"]), state=FAILED, reason="no version directory")
+        if any(report[k] for k in ("loaded", "unloaded", "failed")):
+            log.info("reloaded %s: %s", name, report)
+        return report
+
+    async def _load_version(self, name: str, version: int, path, old: ServedModel | None
+                            ) -> ServedModel:
+        """Load ``path`` as a candidate; swap it in unless it failed while ``old`` serves."""
+        entry = await asyncio.to_thread(load_entry, path, name, version, self.settings.backend)
+        new = ServedModel(entry, backend=self.settings.backend)
+        await self._load(new)
+        if new.state != READY and old is not None and old.state == READY:
+            self._rejected[(name, version)] = entry.signature
+            log.error("%s/%s changed on disk but does not load; the loaded one stays: %s",
+                      name, version, new.reason)
+            return new
+        self._rejected.pop((name, version), None)
+        self.models[(name, version)] = new
+        if old is not None:
+            self._retire(old)
+        return new
+
+    def _retire(self, served: ServedModel) -> None:
+        """Hide ``served`` (done by the caller) and release it in the background once the
+        requests that could have resolved it have finished."""
+        if served.state != READY:
+            return
+        served.state = UNLOADING
+        self.retiring.append(served)
+        task = asyncio.create_task(self._release_later(served), name="unload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release_later(self, served: ServedModel) -> None:
+        try:
+            if not await self.inflight.wait_for_earlier(self.settings.drain_timeout_s):
+                log.warning("unloading %s/%s: requests still in flight after %.0f s",
+                            served.name, served.version, self.settings.drain_timeout_s)
+            await self._release(served)
+        finally:
+            served.state = STOPPED
+            self.retiring.remove(served)
+            current = self.models.get((served.name, served.version))
+            if current is None or current.state != READY:
+                for device in served.devices:
+                    with contextlib.suppress(KeyError):  # already gone with a twin
+                        self.metrics.model_info.remove(served.name, str(served.version),
+                                                       served.backend, device)
+            log.info("unloaded %s/%s", served.name, served.version)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("polling the model store failed")

@@ -3,8 +3,14 @@
 Scanning is pure file work: it finds every version directory, parses its manifest, verifies
 the checksums and checks the backend's artifacts are there. Entries that fail carry the
 reason and are not served; the repository reports them in GET /models and the log.
+
+Paths are only ever built from names found by listing the store (or from the settings),
+never from a name a client sent: clients' names are compared with ``model_names(root)``.
+A version's ``signature`` (file names, sizes, mtimes) tells a rescan what changed without
+hashing anything again.
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +23,7 @@ ARTIFACTS = {
     "torchscript": ("model.pt", "frontend.pt"),
 }
 COMPRESSION_OUTPUTS = ("avgpool", "maxpool", "resolution_enc")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # no "/", no leading "."
 REQUIRED_OUTPUTS = ("probabilities", "frame_scores")
 
 
@@ -27,6 +34,7 @@ class StoreEntry:
     path: Path
     manifest: Manifest | None = None
     problems: list[str] = field(default_factory=list)
+    signature: tuple = ()
 
     @property
     def ok(self) -> bool:
@@ -51,15 +59,38 @@ def scan_store(root: Path, backend: str, names: list[str] | None = None) -> list
     return entries
 
 
+def model_names(root: Path) -> list[str]:
+    """Names of the model directories under ``root`` (valid names only), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and MODEL_NAME.fullmatch(p.name))
+
+
 def _versions(model_dir: Path) -> list[int]:
+    """Positive integer version directories (a ``.tmp-3`` being copied in is ignored)."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir()
                   if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
 
 
+def version_dirs(model_dir: Path) -> dict[int, Path]:
+    return {v: Path(model_dir) / str(v) for v in _versions(Path(model_dir))}
+
+
+def signature(path: Path) -> tuple:
+    """(name, size, mtime_ns) of every file of a version directory: changes when any file is
+    added, removed, rewritten or touched."""
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in Path(path).iterdir()
+                            if p.is_file() and (st := p.stat())))
+    except OSError:
+        return ()
+
+
 def load_entry(path: Path, name: str, version: int, backend: str) -> StoreEntry:
-    entry = StoreEntry(name, version, path)
+    entry = StoreEntry(name, version, path, signature=signature(path))
     if not (path / MANIFEST_FILE).is_file():
         entry.problems.append(f"{MANIFEST_FILE}: missing")
         return entry

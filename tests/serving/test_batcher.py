@@ -20,8 +20,13 @@ class FakeWorker:
     fail: bool = False
     bad_rows: bool = False
     batches: list[np.ndarray] = field(default_factory=list)
+    recoveries: list[bool] = field(default_factory=list)  # hung? per recover() call
     backend_name: str = "fake"
     spec: WorkerSpec = WorkerSpec("cpu", 0, 1)
+
+    async def recover(self, hung):
+        self.recoveries.append(hung)
+        return hung
 
     async def run(self, batch):
         self.batches.append(batch)
@@ -143,18 +148,18 @@ def test_full_queue_refuses_at_once_and_queues_nothing():
         b = await started(worker, max_batch_size=2, max_queue_size=4)
         running = asyncio.create_task(b.submit(windows(2), deadline()))  # occupies the worker
         await asyncio.sleep(0.05)
-        queued = asyncio.create_task(b.submit(windows(3), deadline()))
-        await asyncio.sleep(0)
+        queued = [asyncio.create_task(b.submit(windows(n), deadline())) for n in (3, 2)]
+        await asyncio.sleep(0)  # first slices of 2 + 2: the queue is full
         with pytest.raises(Overloaded) as info:
-            await b.submit(windows(2), deadline())
+            await b.submit(windows(1), deadline())
         depth = b.depth
         gate.set()
-        await asyncio.gather(running, queued)
+        await asyncio.gather(running, *queued)
         await b.stop()
         return info.value, depth
 
     error, depth = run(main())
-    assert depth == 3 and error.retry_after_s > 0
+    assert depth == 4 and error.retry_after_s > 0
 
 
 def test_deadline_raises_and_drops_queued_windows():
