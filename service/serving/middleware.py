@@ -96,11 +96,13 @@ class EdgeMiddleware:
         return counted
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
+        state = scope.get("state") or {}
+        # A route may name its endpoint (v2 infer has two paths, one label); else its path.
+        endpoint = (state.get("endpoint") or getattr(scope.get("route"), "path", None)
+                    or "unmatched")
         if endpoint in UNTIMED:
             return
-        model = (scope.get("state") or {}).get("model", "")
+        model = state.get("model", "")
         self.metrics.requests.labels(endpoint, model, str(status)).inc()
         self.metrics.request_duration.labels(endpoint, model).observe(seconds)
         level = logging.DEBUG if endpoint in QUIET else logging.INFO

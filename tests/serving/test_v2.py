@@ -305,8 +305,9 @@ def test_gzip_request_and_metrics(server, client, http):
     batches = f'diffres_batch_size_sum{{model="{MODEL}"}}'
     assert metric(after, batches) - metric(before, batches) == 4
     ok = [line for line in after.splitlines() if line.startswith("diffres_requests_total")
-          and 'status="200"' in line and f'model="{MODEL}"' in line and "infer" in line]
-    assert ok, "v2 infer requests are counted with their model"
+          and 'status="200"' in line and f'model="{MODEL}"' in line
+          and 'endpoint="v2_infer"' in line]
+    assert ok, "v2 infer requests are counted under endpoint v2_infer with their model"
 
 
 def test_errors_reach_tritonclient_with_status_and_message(client, http):
