@@ -141,6 +141,17 @@ def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str) -> 
     return out[:, :out_len]
 
 
+def gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """values [B, N, C], index [B, M] -> [B, M, C], row ``index[b, m]`` of item b.
+
+    One row-wise ``index_select`` (ONNX Gather) rather than an element-wise ``gather``.
+    """
+    b, n, c = values.shape
+    offset = torch.arange(b, device=index.device).unsqueeze(1) * n
+    rows = (index + offset).reshape(-1)
+    return values.reshape(b * n, c).index_select(0, rows).view(b, index.shape[1], c)
+
+
 def _parity_buckets(weight: Tensor, n_buckets: int, nudge: float = BUCKET_NUDGE) -> Tensor:
     """Published bucketing: floor of the cumulative weight, nudged below integers."""
     cum = torch.cumsum(weight, dim=1)
@@ -185,13 +196,13 @@ def frame_warping(
     b, _, f = feature.shape
     own = warp.own.unsqueeze(-1)
     handed = warp.handed.unsqueeze(-1)
-    openers = warp.opener.unsqueeze(-1).expand(b, out_len, f)
     pos = pos_emb.expand(b, -1, -1)
 
     feature_own = feature * own
-    feature_handed = feature.gather(1, openers) * handed
+    feature_handed = gather_rows(feature, warp.opener) * handed
     avgpool = segment_reduce(feature_own, warp.step, out_len, "sum") + feature_handed
-    enc = segment_reduce(pos * own, warp.step, out_len, "sum") + pos.gather(1, openers) * handed
+    pos_handed = pos_emb[0].index_select(0, warp.opener.reshape(-1)).view(b, out_len, f)
+    enc = segment_reduce(pos * own, warp.step, out_len, "sum") + pos_handed * handed
 
     own_bucket, handed_bucket = max_steps(warp, out_len)
     peak = torch.maximum(segment_reduce(feature_own, own_bucket, out_len, "amax"),

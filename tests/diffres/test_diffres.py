@@ -178,3 +178,18 @@ def test_visualize_writes_one_png_per_item(tmp_path) -> None:
     paths = model.visualize(ret, savepath=str(tmp_path))
     assert [p.split("/")[-1] for p in paths] == ["0.png", "1.png"]
     assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in ["0.png", "1.png"])
+
+
+def test_long_inputs_run_in_chunks_with_the_same_result() -> None:
+    """Eval-mode chunking of the estimator changes nothing but speed."""
+    torch.manual_seed(0)
+    model = DiffRes(9000, 16, 0.75).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = log_mel_like(2, 9000, 16).permute(0, 2, 1)
+    chunked = model.model(x)
+    model.model.chunk = 10**9
+    torch.testing.assert_close(chunked, model.model(x), atol=1e-6, rtol=1e-6)
+    assert model.model.halo == 20  # 5 blocks x 2 convs x (kernel 5 // 2)
