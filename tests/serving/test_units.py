@@ -53,7 +53,8 @@ def test_worker_plan_is_pure_and_shares_cores():
     assert resolve_devices(["auto"], 2) == ["cuda:0", "cuda:1"]
     assert resolve_devices(["cpu", "cuda:1"], 4) == ["cpu", "cuda:1"]
     plan = plan_workers(["cpu"], 2, cpu_cores=8, models=2)
-    assert [(w.device, w.instance, w.threads) for w in plan] == [("cpu", 0, 2), ("cpu", 1, 2)]
+    assert [(w.device, w.instance, w.threads) for w in plan] == [("cpu", 0, 1), ("cpu", 1, 1)]
+    assert plan_workers(["cpu"], 1, cpu_cores=8)[0].threads == 7  # one core left to the loop
     gpu = plan_workers(["cuda:0", "cuda:1"], 2, cpu_cores=8)
     assert [w.label for w in gpu] == ["cuda:0#0", "cuda:0#1", "cuda:1#0", "cuda:1#1"]
     assert {w.threads for w in gpu} == {1}
