@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,14 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load_tests.server import LocalServer  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 from service.serving.backends import make_backend  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def window_body(manifest: Manifest, seed: int = 0) -> bytes:
@@ -64,35 +58,11 @@ def raw_backend(model_dir: Path, manifest: Manifest, batch: int, seconds: float)
     return done / (time.perf_counter() - start)
 
 
-class Server:
-    """``python -m service serve`` in a subprocess on a free loopback port."""
-
-    def __init__(self, store: Path, model: str, max_batch: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--model-store", str(store), "--models", model,
-                "--default-model", model, "--max-batch-size", str(max_batch),
-                "--log-level", "warning"]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-
-    def __enter__(self) -> "Server":
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            time.sleep(0.3)
-        raise TimeoutError("server did not become ready")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+def start_server(store: Path, model: str, max_batch: int) -> LocalServer:
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"diffres-bench-server-{os.getpid()}.log"
+    return LocalServer(log, args=["--model-store", str(store), "--models", model,
+                                  "--default-model", model, "--max-batch-size", str(max_batch),
+                                  "--log-level", "warning"])
 
 
 def load_child(url: str, body: bytes, mode: str, clients: int, seconds: float,
@@ -190,13 +160,13 @@ def main() -> None:
     print(f"raw backend, batch {args.max_batch_size}: {raw:.0f} windows/s; batch 1: "
           f"{raw1:.0f} windows/s ({raw / raw1:.1f}x)")
     print(f"{'phase':<34} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    with Server(args.model_store, args.model, args.max_batch_size) as server:
+    with start_server(args.model_store, args.model, args.max_batch_size) as server:
         batched = drive(server.url, body_file, "closed", args.clients, args.seconds)
         print(row(f"batched (max {args.max_batch_size}), closed loop", batched))
         half = drive(server.url, body_file, "open", args.clients, args.seconds,
                      rate=batched["rps"] / 2)
         print(row(f"batched, open loop at {batched['rps'] / 2:.0f} req/s", half))
-    with Server(args.model_store, args.model, 1) as server:
+    with start_server(args.model_store, args.model, 1) as server:
         single = drive(server.url, body_file, "closed", args.clients, args.seconds)
         print(row("batch size 1, closed loop", single))
     body_file.unlink(missing_ok=True)

@@ -76,14 +76,18 @@ class LocalServer:
         self.returncode: int | None = None
 
     def start(self) -> str:
+        self.spawn()
+        self._wait_ready()
+        return self.url
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [self.python, "-m", "service", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), *self.args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=os.environ | self.env,
                                          stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-        return self.url
 
     def _wait_ready(self) -> None:
         give_up = time.monotonic() + self.ready_timeout

@@ -11,13 +11,9 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,58 +22,35 @@ import numpy as np
 import psutil
 import soundfile as sf
 
+from load_tests.server import LocalServer
 from tests.serving.conftest import N_MELS
 
 ROOT = Path(__file__).resolve().parents[2]
 POISON = 33.0  # spectrogram[0, 0] that makes a FaultyBackend misbehave (in the valid range)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """``python -m service serve`` on a free loopback port; ``flags`` are CLI flags."""
+class LiveServer(LocalServer):
+    """``python -m service serve`` on a free loopback port, started at construction, with
+    a model store and CLI ``flags``; ``wait_ready()`` returns it once /readyz is 200."""
 
     def __init__(self, store: Path, log_path: Path, **flags) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--model-store", str(store), "--devices", "cpu"]
+        args = ["--model-store", str(store), "--devices", "cpu"]
         for name, value in flags.items():
             args += ["--" + name.replace("_", "-"), str(value)]
-        self.log_path = log_path
-        with open(log_path, "w") as log:
-            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        super().__init__(log_path, env={"PYTHONUNBUFFERED": "1"}, args=args)
+        self.base = self.url
+        self.spawn()
 
     def wait_ready(self, timeout: float = 90.0) -> "LiveServer":
-        give_up = time.monotonic() + timeout
-        while time.monotonic() < give_up:
-            assert self.proc.poll() is None, "server exited early:\n" + self.log()[-3000:]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise TimeoutError("server never became ready:\n" + self.log()[-3000:])
+        self.ready_timeout = timeout
+        self._wait_ready()
+        return self
 
     def rss(self) -> int:
         return psutil.Process(self.proc.pid).memory_info().rss
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
