@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.train import dataset
+from service.train import acoustics, dataset
 from service.train.dataset import (
     KEYWORDS,
     LABELS,
@@ -165,9 +165,9 @@ def test_recipe_rejects_inverted_ranges() -> None:
 
 def test_noise_is_mixed_at_the_requested_snr() -> None:
     rng = np.random.default_rng(0)
-    speech, noise = np.zeros(16000), dataset.coloured_noise(rng, 16000, 1.0)
+    speech, noise = np.zeros(16000), acoustics.coloured_noise(rng, 16000, 1.0)
     speech[4000:8000] = rng.standard_normal(4000)
-    scaled = dataset.scale_to_snr(speech, 4000, noise, 6.0)
+    scaled = acoustics.scale_to_snr(speech, 4000, noise, 6.0)
     snr = 10 * np.log10(np.mean(speech[4000:8000] ** 2) / np.mean(scaled**2))
     assert snr == pytest.approx(6.0, abs=1e-6)
 
@@ -176,11 +176,11 @@ def test_noise_colours_tilt_as_named() -> None:
     rng = np.random.default_rng(0)
     low = {}
     for name, exponent in dataset.COLOURS.items():
-        power = np.abs(np.fft.rfft(dataset.coloured_noise(rng, 16000, exponent))) ** 2
+        power = np.abs(np.fft.rfft(acoustics.coloured_noise(rng, 16000, exponent))) ** 2
         low[name] = power[20:500].sum() / power.sum()  # share below 500 Hz
     assert low["white"] < low["pink"] < low["brown"]
 
 
 def test_impulse_response_lasts_rt60_with_a_direct_path() -> None:
-    ir = dataset.impulse_response(np.random.default_rng(0), 0.5, 0.0)
+    ir = acoustics.impulse_response(np.random.default_rng(0), 0.5, 0.0)
     assert len(ir) == 8000 and np.sum(ir[1:] ** 2) == pytest.approx(1.0, rel=0.05)
