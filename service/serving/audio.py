@@ -40,6 +40,14 @@ def decode_audio(data: bytes, target_rate: int, max_seconds: float) -> np.ndarra
     return wave
 
 
+def resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """[N] mono samples at ``rate`` -> float32 at ``target_rate``, as ``decode_audio`` does."""
+    if rate == target_rate:
+        return np.ascontiguousarray(wave, dtype=np.float32)
+    return np.ascontiguousarray(soxr.resample(wave, rate, target_rate, quality="HQ"),
+                                dtype=np.float32)
+
+
 def _check_header(f: sf.SoundFile, max_seconds: float) -> None:
     low, high = RATE_RANGE
     if not low <= f.samplerate <= high:

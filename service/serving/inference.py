@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import soxr
 
 from service.config import Settings
 from service.errors import (
@@ -26,7 +25,7 @@ from service.errors import (
     PayloadTooLarge,
 )
 from service.serving import windowing as W
-from service.serving.audio import decode_audio
+from service.serving.audio import decode_audio, resample
 from service.serving.codecs import (
     check_range,
     spectrogram_from_json,
@@ -213,9 +212,7 @@ class InferenceService:
             raise InvalidInput("waveform contains NaN or Inf samples")
         features = []
         for row in waves.astype(np.float32, copy=False):
-            wave = row if sample_rate == f.sample_rate else soxr.resample(  # as decode_audio
-                row, sample_rate, f.sample_rate, quality="HQ")
-            wave = np.ascontiguousarray(wave, np.float32)
+            wave = resample(row, sample_rate, f.sample_rate)
             features.append((self._log_mel(model, wave), len(wave) / f.sample_rate))
         return features
 
