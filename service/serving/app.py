@@ -47,7 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   "See docs/API.md for inputs, outputs, errors and metrics.",
                   lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, service
-    app.dependency_overrides[get_settings] = lambda: settings
+
+    async def current_settings() -> Settings:  # async: no thread-pool hop per request
+        return settings
+
+    app.dependency_overrides[get_settings] = current_settings
     for router in (inference.router, models.router, health.router, v2.router):
         app.include_router(router)
     if settings.admin_key is not None:  # else every /admin path is 404

@@ -95,7 +95,7 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Router dependency of /admin: the middleware already checked; checked again here so
     the admin routes never depend on middleware order."""
     key = request.app.state.settings.admin_key
