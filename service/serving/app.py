@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.config import Settings, get_settings
 from service.serving import http_errors, security
@@ -42,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.close()
             log.info("stopped")
 
-    app = FastAPI(title="diffres-serve", version="1.0",
+    # /docs and /redoc from bundled assets, not a CDN: they render on air-gapped hosts too.
+    app: FastAPI = FastAPIOffline(title="diffres-serve", version="1.0",
                   description="DiffRes audio classifiers behind a dynamic batcher. "
                   "See docs/API.md for inputs, outputs, errors and metrics.",
                   lifespan=lifespan)

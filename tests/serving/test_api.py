@@ -2,6 +2,7 @@
 health, metrics. Real audio files are written with soundfile (and ffmpeg where present)."""
 
 import io
+import re
 import subprocess
 
 import numpy as np
@@ -218,7 +219,12 @@ def test_health_ready_request_id_and_docs(onnx_client):
     assert {"multipart/form-data", "audio/*", "application/json", "application/x-npy"} <= set(body)
     assert "example" in spec["paths"]["/classify"]["post"]["responses"]["200"]["content"][
         "application/json"]
-    assert onnx_client.get("/docs").status_code == 200
+    docs = onnx_client.get("/docs")
+    assert docs.status_code == 200
+    # every script and style sheet of the page comes from this server (air-gapped hosts)
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text)
+    assert assets and all(a.startswith("/") for a in assets)
+    assert all(onnx_client.get(a).status_code == 200 for a in assets)
 
 
 def metric(client, name, **labels) -> float:
