@@ -17,9 +17,6 @@ import asyncio
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +29,9 @@ import psutil
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from load_tests.server import LocalServer  # noqa: E402
 
 
 @dataclass
@@ -111,26 +111,6 @@ async def soak(base: str, mix, rate: float, seconds: float, pid: int, sample_s: 
     return tally, samples, i
 
 
-def start_server(store: Path, port: int, log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port",
-            str(port), "--model-store", str(store), "--models", "kws12-diffres",
-            "--devices", "cpu"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    give_up = time.monotonic() + 120
-    while time.monotonic() < give_up:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"server not ready; see {log}")
-
-
 def plot(samples, warmup_s: float, out: Path, title: str) -> None:
     import matplotlib
 
@@ -175,12 +155,10 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or build_store(Path(tmp) / "store")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = Path(tmp) / "server.log"
-        server = start_server(store, port, log)
-        base = f"http://127.0.0.1:{port}"
+        server = LocalServer(Path(tmp) / "server.log",
+                             args=["--model-store", str(store), "--models", "kws12-diffres",
+                                   "--devices", "cpu"])
+        base = server.start()
         try:
             mix = request_mix(httpx.get(f"{base}/models/kws12-diffres").json()["versions"][-1]
                               ["input"]["n_mels"])
@@ -189,10 +167,9 @@ def main() -> int:
             print(f"capacity {cap:.1f} req/s (closed loop, 8 clients); soaking at {rate:.1f} "
                   f"req/s for {args.minutes:g} min", flush=True)
             tally, samples, sent = asyncio.run(soak(base, mix, rate, args.minutes * 60,
-                                                    server.pid, args.sample_s))
+                                                    server.proc.pid, args.sample_s))
         finally:
-            server.send_signal(signal.SIGTERM)
-            code = server.wait(60)
+            code = server.stop(60)
     rss0, rss1, growth = judge(samples, min(args.warmup_s, args.minutes * 30))
     lat = np.array(tally.latencies)
     print(f"sent {sent}, answered 200: {len(lat)}, errors: {tally.errors} {tally.statuses}")

@@ -2,41 +2,23 @@
 a request through it, then SIGTERM while a request is in flight (drained, exit 0)."""
 
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.serving.harness import LiveServer
 
 
 def test_real_server_serves_then_drains_on_sigterm(model_store, tmp_path):
-    port = free_port()
-    env = os.environ | {"DIFFRES_MODEL_STORE": str(model_store), "DIFFRES_LOG_JSON": "true",
-                        "DIFFRES_MODELS": "kws12-diffres", "DIFFRES_DEVICES": "cpu"}
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
-                                 "--port", str(port), "--max-queue-delay-ms", "1500",
-                                 "--max-batch-size", "256"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    server = LiveServer(model_store, tmp_path / "server.log", log_json="true",
+                        models="kws12-diffres", max_queue_delay_ms=1500, max_batch_size=256)
+    proc, base = server.proc, server.base
     try:
-        _wait_ready(base, proc)
+        server.wait_ready(60)
         buffer = io.BytesIO()
         sf.write(buffer, np.zeros(16000, np.float32), 16000, format="WAV")
         r = httpx.post(f"{base}/classify?top_k=2", content=buffer.getvalue(),
@@ -70,19 +52,6 @@ def test_real_server_serves_then_drains_on_sigterm(model_store, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = log_path.read_text()
+    text = server.log()
     assert '"request_id":"e2e-1"' in text and "draining" in text, text[-2000:]
     assert "api_key" in text  # settings logged at start
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        assert proc.poll() is None, "server exited early"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("server never became ready")
