@@ -1,12 +1,18 @@
 """DiffRes forward cost against the published dense formulation, side by side in one run.
 
     python benchmarks/diffres_scaling.py [--lengths 1000 3000 10000 30000] [--repeats 5]
+                                         [--keep-freed-memory]
 
 For each T it times (median of interleaved repeats, inference mode) the importance
 estimator alone, the linear-time DiffRes forward and the dense forward (the published
 [B, T, t] weight matrix; skipped where it would not fit in --dense-budget-gb), and measures
 the peak memory each forward adds, in a fresh subprocess per measurement (peak RSS over
 the RSS just before the call). It prints a table and the ratios the targets are about.
+
+With glibc's defaults every large tensor is a fresh mapping whose pages the kernel zero-fills
+on first touch, which costs the forward (many [B, T, F] temporaries) more than the estimator.
+--keep-freed-memory re-runs the timings with glibc keeping freed memory for reuse, as a
+long-running process with a tuned allocator would.
 """
 
 import argparse
@@ -29,6 +35,7 @@ from service.diffres.dense import dense_diffres  # noqa: E402
 B, F, RATE = 8, 128, 0.75
 # Dense forward holds about this many [B, T, t] float32-sized tensors at its peak.
 DENSE_COPIES = 6
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 
 def make(t: int) -> tuple[DiffRes, torch.Tensor]:
@@ -112,13 +119,20 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 3000, 10000, 30000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dense-budget-gb", type=float, default=12.0)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="time with glibc keeping freed memory (see the module docstring)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         peak_memory_child(args.child[0], int(args.child[1]))
         return
+    if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
+        # glibc reads these at start-up, so the process starts again with them set.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
 
-    print(f"B={B} F={F} rate={RATE} threads={torch.get_num_threads()} torch={torch.__version__}")
+    allocator = "glibc keeping freed memory" if args.keep_freed_memory else "glibc defaults"
+    print(f"B={B} F={F} rate={RATE} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"allocator: {allocator}")
     print(f"{'T':>6} {'t':>5} | {'estimator s':>11} {'linear s':>9} {'dense s':>9} | "
           f"{'linear MB':>9} {'dense MB':>9} | {'dense/lin time':>14} {'dense/lin mem':>13} "
           f"{'lin/estim':>9}")

@@ -29,6 +29,20 @@ def dense_weight_matrix(score: Tensor, out_len: int) -> Tensor:
     return torch.clamp(weight - take + give, 0.0, 1.0)
 
 
+def scatter_max_first(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """torch_scatter's ``scatter_max`` into zeros along dim 1: the max over an initial 0,
+    whose gradient goes to its argmax alone, the first element that exceeded the running max.
+    """
+    peak = values.new_zeros(values.shape[0], size, values.shape[2]).scatter_reduce(
+        1, index, values.detach(), "amax", include_self=True)
+    winner = (values.detach() == peak.gather(1, index)) & (values.detach() > 0)
+    frame = torch.arange(values.shape[1], device=values.device).view(1, -1, 1).expand_as(index)
+    first = torch.full_like(peak, values.shape[1], dtype=torch.long).scatter_reduce(
+        1, index, torch.where(winner, frame, values.shape[1]), "amin", include_self=True)
+    chosen = winner & (frame == first.gather(1, index))
+    return values.new_zeros(peak.shape).scatter_add(1, index, values * chosen)
+
+
 def dense_step_max(feature: Tensor, weight: Tensor, rate: float) -> Tensor:
     """Published max aggregation from the dense matrix: [B, T, F] -> [B, t, F]."""
     out_len = weight.shape[2]
@@ -41,10 +55,7 @@ def dense_step_max(feature: Tensor, weight: Tensor, rate: float) -> Tensor:
         cum = torch.cumsum(w, dim=1)
         cum = torch.where(torch.remainder(cum, 1.0) < 1e-2, cum - 1e-2, cum)
         bucket = torch.clamp(torch.floor(cum).long(), 0, cols.numel() - 1)
-        values = feature * w
-        part = feature.new_zeros(feature.shape[0], cols.numel(), feature.shape[2])
-        part = part.scatter_reduce(1, bucket.expand_as(values), values, "amax", include_self=True)
-        out[:, cols] = part
+        out[:, cols] = scatter_max_first(feature * w, bucket.expand_as(feature), cols.numel())
     return out * (1.0 / (1.0 - rate))
 
 

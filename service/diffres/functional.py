@@ -114,23 +114,23 @@ def _exporting_onnx() -> bool:
     return torch.onnx.is_in_onnx_export()
 
 
-def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str) -> Tensor:
+def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str,
+                   into: Tensor | None = None) -> Tensor:
     """Reduce rows of ``values`` [B, N, C] into the steps ``index`` [B, N] names.
 
-    Returns [B, t, C]; rows sent to step t are dropped. ``reduce`` is "sum" or "amax" (the
+    Returns [B, t + 1, C], whose slot t collects the rows sent nowhere; pass it back as
+    ``into`` to reduce more rows into the same steps. ``reduce`` is "sum" or "amax" (the
     latter over an initial 0). Row-wise ``index_add``/``index_reduce`` are an order of
     magnitude faster than element-wise scatters on CPU, but do not export to ONNX, which
     gets the equivalent ScatterElements instead.
     """
     b, n, c = values.shape
-    out = values.new_zeros(b, out_len + 1, c)
+    out = values.new_zeros(b, out_len + 1, c) if into is None else into
     if _exporting_onnx():
         expanded = index.unsqueeze(-1).expand(b, n, c)
         if reduce == "sum":
-            out = out.scatter_add(1, expanded, values)
-        else:
-            out = out.scatter_reduce(1, expanded, values, reduce="amax", include_self=True)
-        return out[:, :out_len]
+            return out.scatter_add(1, expanded, values)
+        return out.scatter_reduce(1, expanded, values, reduce="amax", include_self=True)
     offset = torch.arange(b, device=index.device).unsqueeze(1) * (out_len + 1)
     rows = (index + offset).reshape(-1)
     flat = out.view(b * (out_len + 1), c)
@@ -138,7 +138,7 @@ def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str) -> 
         flat.index_add_(0, rows, values.reshape(b * n, c))
     else:
         flat.index_reduce_(0, rows, values.reshape(b * n, c), "amax", include_self=True)
-    return out[:, :out_len]
+    return out
 
 
 def gather_rows(values: Tensor, index: Tensor) -> Tensor:
@@ -150,6 +150,34 @@ def gather_rows(values: Tensor, index: Tensor) -> Tensor:
     offset = torch.arange(b, device=index.device).unsqueeze(1) * n
     rows = (index + offset).reshape(-1)
     return values.reshape(b * n, c).index_select(0, rows).view(b, index.shape[1], c)
+
+
+def step_max(own: Tensor, own_step: Tensor, handed: Tensor, handed_step: Tensor,
+             opener: Tensor, out_len: int) -> Tensor:
+    """Max over an initial 0 of the frames' ``own`` [B, T, C] and the openers' ``handed``
+    [B, t, C] weighted copies in each step (as ``segment_reduce``), whose gradient goes to
+    one element, as the published scatter_max's does: the positive maximum of the earliest
+    frame (``opener`` [B, t] says whose each handed copy is).
+
+    torch's own amax splits the gradient among ties, and runs of digital silence tie
+    everywhere. Without autograd (inference, export) this is a plain max.
+    """
+    peak = segment_reduce(handed.detach(), handed_step, out_len, "amax",
+                          segment_reduce(own.detach(), own_step, out_len, "amax"))
+    if not (torch.is_grad_enabled() and (own.requires_grad or handed.requires_grad)):
+        return peak[:, :out_len]
+    values = torch.cat([own, handed], dim=1)
+    index = torch.cat([own_step, handed_step], dim=1)
+    frame = torch.cat([torch.arange(own.shape[1], device=own.device).expand_as(own_step),
+                       opener], dim=1)
+    at_peak = gather_rows(peak, index)
+    winner = (values.detach() == at_peak) & (values.detach() > 0)
+    # The earliest frame scores highest; losers score 0, below every winner.
+    rank = (frame.neg() + index.shape[1]).to(values.dtype).unsqueeze(-1)
+    rank = torch.where(winner, rank, torch.zeros_like(values))
+    chosen = winner & (rank == gather_rows(segment_reduce(rank, index, out_len, "amax"), index))
+    return segment_reduce(torch.where(chosen, values, torch.zeros_like(values)), index, out_len,
+                          "sum")[:, :out_len]
 
 
 def _parity_buckets(weight: Tensor, n_buckets: int, nudge: float = BUCKET_NUDGE) -> Tensor:
@@ -198,15 +226,18 @@ def frame_warping(
     handed = warp.handed.unsqueeze(-1)
     pos = pos_emb.expand(b, -1, -1)
 
+    every_step = torch.arange(out_len, device=feature.device).expand(b, out_len)
+
     feature_own = feature * own
     feature_handed = gather_rows(feature, warp.opener) * handed
-    avgpool = segment_reduce(feature_own, warp.step, out_len, "sum") + feature_handed
+    avgpool = segment_reduce(feature_handed, every_step, out_len, "sum",
+                             segment_reduce(feature_own, warp.step, out_len, "sum"))[:, :out_len]
     pos_handed = pos_emb[0].index_select(0, warp.opener.reshape(-1)).view(b, out_len, f)
-    enc = segment_reduce(pos * own, warp.step, out_len, "sum") + pos_handed * handed
+    enc = segment_reduce(pos_handed * handed, every_step, out_len, "sum",
+                         segment_reduce(pos * own, warp.step, out_len, "sum"))[:, :out_len]
 
     own_bucket, handed_bucket = max_steps(warp, out_len)
-    peak = torch.maximum(segment_reduce(feature_own, own_bucket, out_len, "amax"),
-                         segment_reduce(feature_handed, handed_bucket, out_len, "amax"))
+    peak = step_max(feature_own, own_bucket, feature_handed, handed_bucket, warp.opener, out_len)
     maxpool = torch.log(peak * (1.0 / (1.0 - rate)) + eps)
     return torch.log(avgpool + eps), maxpool, enc
 

@@ -1,13 +1,12 @@
 """DiffRes reproduces the published pydiffres module, weight for weight and number for number.
 
 Tolerances are the issue's: 1e-4 abs on score, avgpool, resolution_enc, guide_loss and
-activeness; 1e-3 on maxpool and feature; 1e-3 relative L2 on gradients. Two cases are
-ill-conditioned in float32 and get the wider, measured bounds in ``WIDER``: a frame that
-opens a step hands over a weight computed as a difference of cumulative sums of ~t, so a
-1-ulp change in a score moves that weight by ~1e-6 absolute, and when that frame is 20x
-louder than its neighbours the log of the step's mean moves by ~1e-3. The published code
-itself, re-run here in float32 on our scores (which differ from the reference by 3e-7
-through conv rounding), misses the reference by the same amount: see docs/PARITY.md and
+activeness; 1e-3 on maxpool and feature; 1e-3 relative L2 on gradients. Two cases get the
+wider, measured bounds in ``WIDER``/``GRAD_WIDER``: the published warping is ill-conditioned
+in float32, and at T=1000 our convolution rounds 26 of 1000 raw scores differently from the
+machine that made the reference, which moves the score total by one ulp; with the total the
+published scores imply, every tolerance holds (the last test). At T=3000 the published
+per-step sums follow torch's dense column-sum order. See docs/PARITY.md and
 ``python benchmarks/parity_report.py``.
 """
 
@@ -17,7 +16,7 @@ import torch
 
 from service.diffres import DiffRes
 from service.diffres import functional as Fn
-from tests.diffres.reference import CASES, load_case
+from tests.diffres.reference import CASES, implied_total, load_case
 
 OUTPUT_TOL = {"score": 1e-4, "avgpool": 1e-4, "resolution_enc": 1e-4, "guide_loss": 1e-4,
               "activeness": 1e-4, "maxpool": 1e-3, "feature": 1e-3}
@@ -28,7 +27,7 @@ WIDER = {
     ("pydiffres_t3000_f128_r090", "avgpool"): 3e-4,
 }
 GRAD_TOL = 1e-3
-GRAD_WIDER = {"pydiffres_t1000_f128_r075": (3e-2, 5e-3)}  # (input, parameters)
+GRAD_WIDER = {"pydiffres_t1000_f128_r075": (2e-3, 5e-3)}  # (input, parameters)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -92,3 +91,32 @@ def test_rescaling_branch_runs_in_the_t101_case() -> None:
 def test_output_length_uses_python_floats() -> None:
     assert Fn.output_length(3000, 0.9) == 299
     assert DiffRes(3000, 128, 0.9).output_seq_length == 299
+
+
+def test_t1000_gap_is_one_rounding_of_the_score_total() -> None:
+    """With the score total the published scores imply (1 ulp above ours: its conv rounds
+    26 of 1000 raw scores differently), the T=1000 case meets every tolerance of the issue."""
+    model, ref = load_case("pydiffres_t1000_f128_r075")
+    t = ref["avgpool"].shape[1]
+    x = torch.from_numpy(ref["x"]).requires_grad_(True)
+    raw = torch.sigmoid(model.model(x.permute(0, 2, 1)).permute(0, 2, 1))
+    ours = raw.sum(dim=(1, 2), keepdim=True)
+    implied = implied_total(raw, ref["score"], t)
+    assert torch.nextafter(ours.detach(), torch.full_like(ours, float("inf"))).equal(implied)
+
+    score = raw / (ours + (implied - ours).detach()) * t
+    assert score.max() < 1  # the rescaling branch does not run in this case
+    linear = x.exp()
+    rate = float(ref["dimension_reduction_rate"])
+    avgpool, maxpool, enc = Fn.frame_warping(linear, score, model.pos_emb, t, rate)
+    guide, active = Fn.guide_loss_and_activeness(linear, score, rate)
+    out = {"score": score, "avgpool": avgpool, "maxpool": maxpool, "resolution_enc": enc,
+           "feature": torch.stack([avgpool, maxpool, enc], dim=1), "guide_loss": guide,
+           "activeness": active}
+    for key, tol in OUTPUT_TOL.items():
+        assert float(np.abs(out[key].detach().numpy() - ref[key]).max()) <= tol, key
+    ((out["feature"] * torch.from_numpy(ref["cotangent"])).sum() + guide.sum()).backward()
+    assert _relative(x.grad, ref["grad/x"]) <= GRAD_TOL
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert _relative(param.grad, ref[f"grad/state/{name}"]) <= GRAD_TOL, name
