@@ -40,6 +40,25 @@ def sinusoidal_position_table(length: int, dim: int) -> Tensor:
     return table.unsqueeze(0)
 
 
+def _exporting_onnx() -> bool:
+    if torch.jit.is_scripting():
+        return False
+    return torch.onnx.is_in_onnx_export()
+
+
+def item_total(x: Tensor) -> Tensor:
+    """[B, T, 1] -> [B, 1, 1], each item's sum.
+
+    torch's sum, as published. In ONNX the last step of a float64 CumSum instead:
+    onnxruntime's ReduceSum adds an item's values in an order that depends on where the item
+    sits in the batch, so a served request's scores would change in the last bit with its
+    batch neighbours; a sequential float32 sum would drift from torch's by several ulps.
+    """
+    if _exporting_onnx():
+        return torch.cumsum(x.to(torch.float64), dim=1)[:, -1:].to(x.dtype)
+    return x.sum(dim=(1, 2), keepdim=True)
+
+
 def normalize_scores(score: Tensor, total_length: int, low: float = RESCALE_MIN,
                      high: float = RESCALE_MAX) -> Tensor:
     """[B, T, 1] raw scores in (0, 1) -> scores summing to ``total_length``, each <= 1.
@@ -47,14 +66,14 @@ def normalize_scores(score: Tensor, total_length: int, low: float = RESCALE_MIN,
     Items whose largest normalised score reaches 1 are divided by it and then topped up
     towards the target sum by moving every mid-range frame part of the way to 1.
     """
-    score = score / score.sum(dim=(1, 2), keepdim=True) * total_length
+    score = score / item_total(score) * total_length
     max_val = torch.max(score, dim=1).values.unsqueeze(1)  # [B, 1, 1]
     score = torch.where(max_val >= 1, score / max_val, score)
 
-    deficit = total_length - score.sum(dim=(1, 2), keepdim=True)  # [B, 1, 1]
+    deficit = total_length - item_total(score)  # [B, 1, 1]
     movable = (score < high) & (score > low)
     interval = torch.where(movable, 1.0 - score, torch.zeros_like(score))
-    room = interval.sum(dim=(1, 2), keepdim=True)
+    room = item_total(interval)
     safe_room = torch.where(room > 0, room, torch.ones_like(room))
     alpha = torch.clamp(deficit / safe_room, max=1.0)
     return torch.where(deficit >= 1, score + interval * alpha, score)
@@ -106,12 +125,6 @@ def warp_weights(score: Tensor, out_len: int) -> Warp:
     opener = s.new_zeros(b, out_len + 1).scatter_add(1, prev_step, frame * marks)
     handed = s.new_zeros(b, out_len + 1).scatter_add(1, prev_step, prev * marks)
     return Warp(own_step, own, prev_step, prev, opener[:, :out_len].long(), handed[:, :out_len])
-
-
-def _exporting_onnx() -> bool:
-    if torch.jit.is_scripting():
-        return False
-    return torch.onnx.is_in_onnx_export()
 
 
 def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str,
