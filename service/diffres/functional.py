@@ -239,15 +239,11 @@ def frame_warping(
     handed = warp.handed.unsqueeze(-1)
     pos = pos_emb.expand(b, -1, -1)
 
-    every_step = torch.arange(out_len, device=feature.device).expand(b, out_len)
-
     feature_own = feature * own
     feature_handed = gather_rows(feature, warp.opener) * handed
-    avgpool = segment_reduce(feature_handed, every_step, out_len, "sum",
-                             segment_reduce(feature_own, warp.step, out_len, "sum"))[:, :out_len]
+    avgpool = segment_reduce(feature_own, warp.step, out_len, "sum")[:, :out_len] + feature_handed
     pos_handed = pos_emb[0].index_select(0, warp.opener.reshape(-1)).view(b, out_len, f)
-    enc = segment_reduce(pos_handed * handed, every_step, out_len, "sum",
-                         segment_reduce(pos * own, warp.step, out_len, "sum"))[:, :out_len]
+    enc = segment_reduce(pos * own, warp.step, out_len, "sum")[:, :out_len] + pos_handed * handed
 
     own_bucket, handed_bucket = max_steps(warp, out_len)
     peak = step_max(feature_own, own_bucket, feature_handed, handed_bucket, warp.opener, out_len)
