@@ -254,11 +254,12 @@ class Batcher:
             return "hung" if hung else "failed"
         self.metrics.batch(len(items), time.perf_counter() - started, worker.backend_name,
                            worker.spec.device)
+        finite = {name: _finite_rows(out) for name, out in outputs.items()}
         for i, item in enumerate(items):
             if item.future.done():
                 continue
             row = {name: out[i] for name, out in outputs.items()}
-            if bad := [name for name, out in row.items() if not _finite(out)]:
+            if bad := [name for name, ok in finite.items() if not ok[i]]:
                 item.future.set_exception(InferenceFailed(
                     f"model output {bad} holds NaN or Inf for this input"))
             else:
@@ -295,8 +296,11 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
             item.future.set_exception(exc)
 
 
-def _finite(out: np.ndarray) -> bool:
-    return out.dtype.kind not in "fc" or bool(np.all(np.isfinite(out)))
+def _finite_rows(out: np.ndarray) -> np.ndarray:
+    """Per window (row): does this output hold only finite values? One call per batch."""
+    if out.dtype.kind not in "fc":
+        return np.ones(out.shape[0], dtype=bool)
+    return np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
 
 
 def _check_rows(outputs: Result, rows: int) -> None:

@@ -17,7 +17,11 @@ from service.config import Settings
 from service.serving import windowing as W
 from service.serving.audio import decode_audio
 from service.serving.cli import settings_from_args
-from service.serving.codecs import spectrogram_from_json, validate_spectrogram
+from service.serving.codecs import (
+    spectrogram_from_json,
+    spectrogram_from_npy,
+    validate_spectrogram,
+)
 from service.serving.http_errors import STATUS, status_of
 from service.serving.routes.deps import until_disconnect
 from service.serving.store import scan_store
@@ -93,6 +97,17 @@ def test_spectrogram_codecs():
         validate_spectrogram(np.full((3, 40), np.inf, np.float32), 40, 100)
     with pytest.raises(errors.PayloadTooLarge):
         validate_spectrogram(np.zeros((101, 40), np.float32), 40, 100)
+
+
+@pytest.mark.parametrize(("dtype", "order"), [("<f4", "C"), (">f4", "C"), ("<f8", "F"),
+                                              (">i2", "F")])
+def test_npy_values_survive_any_byte_order_and_layout(dtype, order):
+    values = np.arange(12).reshape(3, 4) - 6
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(values, dtype=dtype, order=order))
+    out = spectrogram_from_npy(buffer.getvalue())
+    assert out.dtype == np.float32 and out.flags.writeable
+    np.testing.assert_array_equal(out, values)
 
 
 def test_decode_audio_mixes_resamples_and_limits():
