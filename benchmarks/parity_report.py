@@ -70,7 +70,7 @@ def main() -> None:
         if not torch.equal(implied, total):
             score = raw / implied * t
             avg, mx, enc = Fn.frame_warping(x.exp(), score, model.pos_emb, t, rate)
-            guide, active = Fn.guide_loss_and_activeness(x.exp(), score, rate)
+            guide, active = Fn.guide_loss_and_activeness(x.exp().mean(dim=-1), score, rate)
             nudged = {"score": score, "avgpool": avg, "maxpool": mx, "resolution_enc": enc,
                       "feature": torch.stack([avg, mx, enc], dim=1), "guide_loss": guide,
                       "activeness": active}

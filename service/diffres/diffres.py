@@ -45,7 +45,8 @@ class DiffRes(Base):
     """Differentiable temporal resolution. forward(x [B, T, F] natural-log mel) returns a dict:
 
     score [B, T, 1], avgpool / maxpool / resolution_enc [B, t, F], feature [B, 3, t, F],
-    guide_loss and activeness [1], and x itself.
+    guide_loss and activeness [1], and x itself. Without autograd (eager inference), avgpool,
+    maxpool and resolution_enc are views of feature.
     """
 
     feature_channels = 3
@@ -63,12 +64,31 @@ class DiffRes(Base):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         self._check_input(x)
         score = self.importance(x)
+        # Eager inference takes the chunked, in-place warping: the same numbers for a fraction
+        # of the memory traffic. TorchScript drops this branch, but only if is_scripting() is
+        # tested alone, so the scripted and exported graphs are those of the code below.
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if not Fn.needs_graph(x, score, self.pos_emb):
+                feature, energy = Fn.frame_warping_from_log(
+                    x, score, self.pos_emb, self.output_seq_length,
+                    self.dimension_reduction_rate
+                )
+                avgpool, maxpool, resolution_enc = feature.unbind(1)
+                return self._result(x, score, avgpool, maxpool, resolution_enc, feature, energy)
         linear = x.exp()
         avgpool, maxpool, resolution_enc = Fn.frame_warping(
             linear, score, self.pos_emb, self.output_seq_length, self.dimension_reduction_rate
         )
+        feature = torch.stack([avgpool, maxpool, resolution_enc], dim=1)
+        return self._result(x, score, avgpool, maxpool, resolution_enc, feature,
+                            linear.mean(dim=-1))
+
+    def _result(self, x: Tensor, score: Tensor, avgpool: Tensor, maxpool: Tensor,
+                resolution_enc: Tensor, feature: Tensor, energy: Tensor) -> dict[str, Tensor]:
+        """The output dict of either warping path, with the guide loss from the per-frame
+        energy [B, T]."""
         guide_loss, activeness = Fn.guide_loss_and_activeness(
-            linear, score, self.dimension_reduction_rate
+            energy, score, self.dimension_reduction_rate
         )
         return {
             "x": x,
@@ -76,7 +96,7 @@ class DiffRes(Base):
             "resolution_enc": resolution_enc,
             "avgpool": avgpool,
             "maxpool": maxpool,
-            "feature": torch.stack([avgpool, maxpool, resolution_enc], dim=1),
+            "feature": feature,
             "guide_loss": guide_loss,
             "activeness": activeness,
         }

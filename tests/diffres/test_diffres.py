@@ -193,3 +193,34 @@ def test_long_inputs_run_in_chunks_with_the_same_result() -> None:
     model.model.chunk = 10**9
     torch.testing.assert_close(chunked, model.model(x), atol=1e-6, rtol=1e-6)
     assert model.model.halo == 20  # 5 blocks x 2 convs x (kernel 5 // 2)
+
+
+# (T, F, rate, B, frames per chunk or None for the default): T not a multiple of the chunk,
+# T below one chunk, the default chunk, B=1 and 3, the T=3000 / 0.9 -> 299 quirk.
+INFERENCE_CASES = [(3000, 128, 0.9, 1, 256), (1000, 128, 0.75, 3, 384), (1300, 40, 0.5, 3, 512),
+                   (200, 40, 0.9, 1, 512), (700, 128, 0.5, 3, None), (2000, 40, 0.75, 1, 300)]
+
+
+@pytest.mark.parametrize("t,f,rate,b,chunk", INFERENCE_CASES)
+@pytest.mark.parametrize("no_autograd", [torch.inference_mode, torch.no_grad])
+def test_inference_path_is_bit_identical_to_autograd_path(t, f, rate, b, chunk, no_autograd,
+                                                          monkeypatch) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(Fn, "INFERENCE_CHUNK_ELEMENTS", chunk * b * f)
+    model = model_for(t, f, rate, torch.float32).eval()
+    x = log_mel_like(b, t, f, seed=t)
+    with no_autograd():
+        fast = model(x)
+    with torch.enable_grad():
+        slow = model(x.clone().requires_grad_(True))
+    assert fast["avgpool"].data_ptr() == fast["feature"].data_ptr()  # the inference path ran
+    assert slow["feature"].grad_fn is not None
+    assert fast["guide_loss"].item() > 0  # the silent stretches count
+    for key in KEYS:
+        assert torch.equal(fast[key], slow[key].detach()), key
+
+
+def test_scripted_module_keeps_only_the_autograd_path() -> None:
+    code = torch.jit.script(model_for(101, 40, 0.5, torch.float32).eval()).code
+    assert "functional.frame_warping\n" in code
+    assert "needs_graph" not in code and "frame_warping_from_log" not in code

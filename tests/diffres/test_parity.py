@@ -109,7 +109,7 @@ def test_t1000_gap_is_one_rounding_of_the_score_total() -> None:
     linear = x.exp()
     rate = float(ref["dimension_reduction_rate"])
     avgpool, maxpool, enc = Fn.frame_warping(linear, score, model.pos_emb, t, rate)
-    guide, active = Fn.guide_loss_and_activeness(linear, score, rate)
+    guide, active = Fn.guide_loss_and_activeness(linear.mean(dim=-1), score, rate)
     out = {"score": score, "avgpool": avgpool, "maxpool": maxpool, "resolution_enc": enc,
            "feature": torch.stack([avgpool, maxpool, enc], dim=1), "guide_loss": guide,
            "activeness": active}

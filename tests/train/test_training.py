@@ -189,7 +189,7 @@ def test_time_masked_frames_are_empty_for_the_guide_loss() -> None:
     empty = energy < energy.min() + 1e-6  # the guide loss's definition
     assert torch.equal(empty, (y == fill).all(dim=2))
     score = torch.full((4, 101, 1), 0.5)
-    guide, _ = Fn.guide_loss_and_activeness(y, score, 0.5)
+    guide, _ = Fn.guide_loss_and_activeness(energy, score, 0.5)
     assert float(guide) > 0  # masked frames with scores above 0.25 are penalised
 
 
