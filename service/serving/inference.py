@@ -93,7 +93,10 @@ class InferenceService:
         return self.repository.resolve(name or self.settings.default_model, version)
 
     @contextlib.contextmanager
-    def _tracked(self):
+    def admitted(self):
+        """Admission of one request, entered by the route before it reads the body: refused
+        at once while draining or at ``max_inflight_requests`` (so refused bodies are never
+        read), counted in flight until it is answered."""
         if not self.accepting:
             raise NotReady("server is shutting down", code="shutting_down")
         if self.inflight >= self.settings.max_inflight_requests:  # bounds the pool's queue too
@@ -111,36 +114,33 @@ class InferenceService:
                        top_k: int = 5) -> dict:
         if top_k < 1:
             raise InvalidParameter(f"top_k must be >= 1, got {top_k}")
-        with self._tracked():
-            p = await self._prepare(self.resolve(name, version), payload)
-            return classify_result(p, top_k)
+        p = await self._prepare(self.resolve(name, version), payload)
+        return classify_result(p, top_k)
 
     async def compress(self, name: str | None, version: int | None, payload: Payload) -> dict:
-        with self._tracked():
-            model = self.resolve(name, version)
-            if not model.can_compress:
-                raise InvalidParameter(
-                    f"model {model.name}/{model.version} (compressor "
-                    f"{model.manifest.compressor.kind!r}) has no avgpool/maxpool/resolution_enc "
-                    "outputs; /compress needs a DiffRes model", code="compress_unsupported")
-            p = await self._prepare(model, payload)
-            return await self.offload(compress_result, p)
+        model = self.resolve(name, version)
+        if not model.can_compress:
+            raise InvalidParameter(
+                f"model {model.name}/{model.version} (compressor "
+                f"{model.manifest.compressor.kind!r}) has no avgpool/maxpool/resolution_enc "
+                "outputs; /compress needs a DiffRes model", code="compress_unsupported")
+        p = await self._prepare(model, payload)
+        return await self.offload(compress_result, p)
 
     async def infer_windows(self, model: ServedModel, windows: np.ndarray
                             ) -> dict[str, np.ndarray]:
         """Each row of ``windows`` [B, in_t_dim, n_mels] (front-end units) is one model window:
         every model output stacked over the rows, [B, ...]. Same checks, limits (B * in_t_dim
         frames), batcher and metrics as a spectrogram sent to /classify."""
-        with self._tracked():
-            deadline = self._deadline()
-            c, f = model.manifest.compressor, model.manifest.frontend
-            if windows.ndim != 3 or windows.shape[1] != c.in_t_dim:
-                raise InvalidInput(f"windows must be [B, {c.in_t_dim}, {f.n_mels}], got "
-                                   f"{list(windows.shape)}")
-            spec = await self.offload(validate_spectrogram, windows.reshape(-1, windows.shape[2]),
-                                      f.n_mels, self._max_frames(model), deadline=deadline)
-            (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline)
-            return {name: np.stack([r[name] for r in p.results]) for name in p.results[0]}
+        deadline = self._deadline()
+        c, f = model.manifest.compressor, model.manifest.frontend
+        if windows.ndim != 3 or windows.shape[1] != c.in_t_dim:
+            raise InvalidInput(f"windows must be [B, {c.in_t_dim}, {f.n_mels}], got "
+                               f"{list(windows.shape)}")
+        spec = await self.offload(validate_spectrogram, windows.reshape(-1, windows.shape[2]),
+                                  f.n_mels, self._max_frames(model), deadline=deadline)
+        (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline)
+        return {name: np.stack([r[name] for r in p.results]) for name in p.results[0]}
 
     async def classify_waveforms(self, model: ServedModel, waves: np.ndarray,
                                  sample_rate: int) -> dict[str, np.ndarray]:
@@ -148,11 +148,10 @@ class InferenceService:
         /classify classifies audio; all rows' windows are one batcher request. Returns
         ``probabilities`` [B, C] (per clip: the mean over its windows) and ``frame_scores``
         [B, T] (T = 1 + N' // hop_length, N' samples at the model's rate)."""
-        with self._tracked():
-            deadline = self._deadline()
-            features = await self.offload(self._waveform_features, model, waves, sample_rate,
-                                          deadline=deadline)
-            return clip_outputs(await self._run(model, features, deadline))
+        deadline = self._deadline()
+        features = await self.offload(self._waveform_features, model, waves, sample_rate,
+                                      deadline=deadline)
+        return clip_outputs(await self._run(model, features, deadline))
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.settings.request_timeout_s

@@ -1,6 +1,7 @@
 """End to end through HTTP (ONNX backend): every input form, outputs, errors, limits, models,
 health, metrics. Real audio files are written with soundfile (and ffmpeg where present)."""
 
+import asyncio
 import io
 import re
 import subprocess
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from service.serving.app import create_app
 from tests.conftest import require_tool
 from tests.serving.conftest import IN_T_DIM, LABELS, N_MELS, make_settings, sine, wait_ready
+from tests.serving.harness import asgi_client
 
 FORMATS = [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"), ("OGG", "VORBIS", "ogg"),
            ("OGG", "OPUS", "opus"), ("MP3", "MPEG_LAYER_III", "mp3")]
@@ -357,3 +359,35 @@ def test_draining_refuses_new_requests(model_store):
         assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
+
+
+def test_overload_is_refused_before_the_body_is_read(model_store):
+    """At ``max_inflight_requests`` a request gets 503 without a byte of its body read: a
+    flood of large uploads costs no memory or parsing once the server is full."""
+    body, headers = npy(spectrogram(IN_T_DIM)), {"content-type": "application/x-npy"}
+
+    async def scenario():
+        async with asgi_client(make_settings(model_store, max_inflight_requests=1)) as (app, c):
+            release, pulled = asyncio.Event(), []
+
+            async def stalled():  # admitted, then waits for its body
+                await release.wait()
+                yield body
+
+            async def counted():
+                pulled.append(True)
+                yield body
+
+            first = asyncio.create_task(c.post("/classify", content=stalled(), headers=headers))
+            async with asyncio.timeout(10):  # the first is in flight before its body arrives
+                while app.state.service.inflight < 1:
+                    await asyncio.sleep(0.005)
+            second = await c.post("/classify", content=counted(), headers=headers)
+            release.set()
+            return second, await first, pulled
+
+    second, first, pulled = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert second.status_code == 503 and second.json()["error"]["code"] == "overloaded"
+    assert second.headers["retry-after"]
+    assert pulled == []
+    assert first.status_code == 200

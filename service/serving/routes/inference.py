@@ -22,8 +22,9 @@ async def classify(request: Request, service: Service, model: ModelQ = None,
     """Clip probabilities are the mean of the per-window probabilities (windows of the
     model's ``window_frames`` frames; the last one padded with silence)."""
     request.state.model = service.model_label(model)
-    payload = await read_payload(request)
-    result = await until_disconnect(request, service.classify(model, version, payload, top_k))
+    with service.admitted():
+        payload = await read_payload(request)
+        result = await until_disconnect(request, service.classify(model, version, payload, top_k))
     return OrjsonResponse(result)
 
 
@@ -34,10 +35,11 @@ async def compress(request: Request, service: Service, model: ModelQ = None,
     """avgpool, maxpool and resolution_enc per window, as JSON or (``Accept:
     application/x-npz``) as an .npz archive."""
     request.state.model = service.model_label(model)
-    payload = await read_payload(request)
-    result = await until_disconnect(request, service.compress(model, version, payload))
-    if NPZ in request.headers.get("accept", ""):
-        body = await service.offload(compress_npz, result)
-        return Response(body, media_type=NPZ, headers={
-            "X-Model": result["model"], "X-Model-Version": str(result["version"])})
+    with service.admitted():
+        payload = await read_payload(request)
+        result = await until_disconnect(request, service.compress(model, version, payload))
+        if NPZ in request.headers.get("accept", ""):
+            body = await service.offload(compress_npz, result)
+            return Response(body, media_type=NPZ, headers={
+                "X-Model": result["model"], "X-Model-Version": str(result["version"])})
     return OrjsonResponse(result)

@@ -159,19 +159,21 @@ async def _infer(request: Request, service: InferenceService, name: str,
     request.state.model = service.model_label(name)
     request.state.endpoint = ENDPOINT
     model = _resolve(service, name, version)
-    body = await request.body()
-    parsed = await service.offload(v2.decode_request, body, request.headers.get(v2.HEADER_LENGTH),
-                                   request.headers.get("content-encoding"),
-                                   service.settings.max_upload_bytes)
-    plan = v2.plan(parsed, model.manifest)
-    if plan.kind == v2.SPECTROGRAM:
-        work = service.infer_windows(model, plan.array)
-    else:
-        work = service.classify_waveforms(model, plan.array, plan.sample_rate)
-    arrays = await until_disconnect(request, work)
-    content, header_length = await service.offload(
-        v2.encode_response, model.name, model.version, parsed.id, plan.outputs, arrays,
-        model.manifest.labels)
+    with service.admitted():
+        body = await request.body()
+        parsed = await service.offload(v2.decode_request, body,
+                                       request.headers.get(v2.HEADER_LENGTH),
+                                       request.headers.get("content-encoding"),
+                                       service.settings.max_upload_bytes)
+        plan = v2.plan(parsed, model.manifest)
+        if plan.kind == v2.SPECTROGRAM:
+            work = service.infer_windows(model, plan.array)
+        else:
+            work = service.classify_waveforms(model, plan.array, plan.sample_rate)
+        arrays = await until_disconnect(request, work)
+        content, header_length = await service.offload(
+            v2.encode_response, model.name, model.version, parsed.id, plan.outputs, arrays,
+            model.manifest.labels)
     if header_length is None:
         return Response(content, media_type=JSON)
     return Response(content, media_type=OCTETS,
