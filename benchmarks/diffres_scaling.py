@@ -9,8 +9,8 @@ estimator alone, the linear-time DiffRes forward and the dense forward (the publ
 the peak memory each forward adds, in a fresh subprocess per measurement (peak RSS over
 the RSS just before the call). It prints a table and the ratios the targets are about.
 
-With glibc's defaults every large tensor is a fresh mapping whose pages the kernel zero-fills
-on first touch, which costs the forward (many [B, T, F] temporaries) more than the estimator.
+With glibc's defaults every tensor over its mmap threshold (at most 32 MB) is a fresh mapping
+whose pages the kernel zero-fills on first touch; the forward's output at large T is one.
 --keep-freed-memory re-runs the timings with glibc keeping freed memory for reuse, as a
 long-running process with a tuned allocator would.
 """
