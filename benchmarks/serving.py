@@ -4,7 +4,8 @@
                                  [--clients 64] [--seconds 15]
 
 Steps, all in one run so the ratios compare like with like on a shared machine:
-1. raw backend throughput: the model's ONNX session run on full batches, no HTTP;
+1. raw backend throughput: the model's ONNX session run on full batches and on single
+   windows, no HTTP, with the intra-op threads the server gives its worker;
 2. served throughput, closed loop (``--clients`` connections each sending one-window
    spectrograms back to back) with dynamic batching on (``--max-batch-size``) and with
    ``DIFFRES_MAX_BATCH_SIZE=1``;
@@ -29,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.server import LocalServer  # noqa: E402
+from service.config import Settings  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 from service.serving.backends import make_backend  # noqa: E402
+from service.serving.workers import plan_workers  # noqa: E402
 
 
 def window_body(manifest: Manifest, seed: int = 0) -> bytes:
@@ -42,10 +45,18 @@ def window_body(manifest: Manifest, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def raw_backend(model_dir: Path, manifest: Manifest, batch: int, seconds: float) -> float:
+def worker_threads() -> int:
+    """Intra-op threads of the served model's one CPU worker (DIFFRES_* env as the server)."""
+    settings = Settings()
+    return plan_workers(["cpu"], 1, os.cpu_count() or 1,
+                        intra_op_threads=settings.intra_op_threads)[0].threads
+
+
+def raw_backend(model_dir: Path, manifest: Manifest, batch: int, seconds: float,
+                threads: int) -> float:
     """Windows per second of the bare ONNX session at ``batch`` windows."""
     runner = make_backend("onnx", model_dir / "model.onnx", manifest.inputs[0].name, None,
-                          ["CPUExecutionProvider"], 0,
+                          ["CPUExecutionProvider"], threads,
                           sha256=manifest.artifacts["model.onnx"].sha256)
     runner.load("cpu")
     x = np.random.default_rng(0).normal(-6, 2, (batch, manifest.compressor.in_t_dim,
@@ -127,10 +138,12 @@ def main() -> None:
           f"{manifest.frontend.n_mels}, {os.cpu_count()} cores, {args.clients} clients, "
           f"{args.seconds:g} s per phase")
 
-    raw = raw_backend(model_dir, manifest, args.max_batch_size, min(args.seconds, 10))
-    raw1 = raw_backend(model_dir, manifest, 1, min(args.seconds, 10))
-    print(f"raw backend, batch {args.max_batch_size}: {raw:.0f} windows/s; batch 1: "
-          f"{raw1:.0f} windows/s ({raw / raw1:.1f}x)")
+    threads = worker_threads()
+    raw = raw_backend(model_dir, manifest, args.max_batch_size, min(args.seconds, 10), threads)
+    raw1 = raw_backend(model_dir, manifest, 1, min(args.seconds, 10), threads)
+    print(f"raw backend ({threads} intra-op thread(s), as the server's worker), batch "
+          f"{args.max_batch_size}: {raw:.0f} windows/s; batch 1: {raw1:.0f} windows/s "
+          f"({raw / raw1:.2f}x)")
     print(f"{'phase':<34} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     with start_server(args.model_store, args.model, args.max_batch_size) as server:
         batched = drive(server.url, body_file, args.clients, args.seconds)
