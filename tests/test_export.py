@@ -160,17 +160,14 @@ def test_refuses_bad_requests(tmp_path):
         export_model_dir(model, LogMel(), tmp_path / "b", "m", 1, LABELS, {}, {}, {})
 
 
+@pytest.mark.parametrize("exported", ["diffres"], indirect=True)
 def test_warping_exports_as_row_scatters(exported):
     """The warping's [B, N, F] reductions are row-wise ScatterND nodes: the element-wise
     ScatterElements (and the If wrappers) they otherwise export to run ~10x slower in
     onnxruntime, the largest share of a batch (benchmarks/onnx_versions.py)."""
     import onnx
 
-    from service.diffres import DiffRes
-
-    model, _, out_dir, _ = exported
-    if not isinstance(model.compressor, DiffRes):
-        pytest.skip("full resolution: no warping")
+    _, _, out_dir, _ = exported
     ops = [node.op_type for node in onnx.load(str(out_dir / "model.onnx")).graph.node]
     assert ops.count("ScatterND") == 4  # avgpool and resolution_enc sums, two maxima
     assert "If" not in ops
