@@ -2,7 +2,8 @@
 
 ``Settings()`` reads the environment; the CLI passes its flags as keyword arguments, which
 win over the environment. Code receives a ``Settings`` instance; nothing else reads the
-environment. ``get_settings()`` is the cached getter used as a FastAPI dependency default.
+environment. ``get_settings()`` is the cached getter ``create_app`` falls back on; routes get
+the app's instance from ``app.state``.
 """
 
 from functools import lru_cache

@@ -50,10 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, service
 
-    async def current_settings() -> Settings:  # async: no thread-pool hop per request
-        return settings
-
-    app.dependency_overrides[get_settings] = current_settings
     for router in (inference.router, models.router, health.router, v2.router):
         app.include_router(router)
     if settings.admin_key is not None:  # else every /admin path is 404

@@ -8,7 +8,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
-from service.config import Settings, get_settings
+from service.config import Settings
 from service.errors import ClientDisconnected, InvalidParameter, UnsupportedMedia
 from service.serving.inference import InferenceService, Payload
 
@@ -19,12 +19,18 @@ AUDIO_TYPES = {"application/octet-stream", "application/ogg"}
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` one in a thread pool, a
 # thread hop per request that cost a quarter of the event loop's time under load.
+# The app's own objects come from app.state, not dependency_overrides: with any override set,
+# FastAPI re-inspects every dependency's signature on every request (~5 % of the event loop).
 async def get_service(request: Request) -> InferenceService:
     return request.app.state.service
 
 
+async def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
 Service = Annotated[InferenceService, Depends(get_service)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def read_payload(request: Request) -> Payload:
