@@ -152,9 +152,10 @@ def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str,
 
     Returns [B, t + 1, C], whose slot t collects the rows sent nowhere; pass it back as
     ``into`` to reduce more rows into the same steps. ``reduce`` is "sum" or "amax" (the
-    latter over an initial 0). Row-wise ``index_add``/``index_reduce`` are an order of
-    magnitude faster than element-wise scatters on CPU, but do not export to ONNX, which
-    gets the equivalent row-wise ScatterND instead.
+    latter over an initial 0). On a [rows, C] view, ``index_add_`` (sum) and
+    ``scatter_reduce_`` (max, over the C columns in parallel: 3.7x faster than the
+    single-threaded ``index_reduce_`` here) are an order of magnitude faster than scatters
+    over [B, N, C]; the ONNX export gets the equivalent row-wise ScatterND instead.
     """
     b, n, c = values.shape
     out = values.new_zeros(b, out_len + 1, c) if into is None else into
@@ -167,7 +168,8 @@ def segment_reduce(values: Tensor, index: Tensor, out_len: int, reduce: str,
     if reduce == "sum":
         flat.index_add_(0, rows, values.reshape(b * n, c))
     else:
-        flat.index_reduce_(0, rows, values.reshape(b * n, c), "amax", include_self=True)
+        flat.scatter_reduce_(0, rows.unsqueeze(1).expand(-1, c), values.reshape(b * n, c),
+                             "amax", include_self=True)
     return out
 
 
