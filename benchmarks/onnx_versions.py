@@ -2,7 +2,7 @@
 alone and batched? which is faster?
 
     python benchmarks/onnx_versions.py [--model kws12-diffres] [--old 2] [--new 3]
-                                       [--model-store model_store] [--repeats 25]
+                                       [--model-store model_store] [--batch 32] [--repeats 25]
 
 Run before publishing a re-export: the outputs of the two versions on one batch of random
 log-mel windows (bit-identical or the largest difference), how many of the batch's windows

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from service.diffres import DiffRes
 from service.diffres import functional as Fn
 from service.diffres.dense import dense_diffres
 from service.diffres.estimator import channel_plan
+from tests.diffres.probes import LargestTensor
 
 # (T, F, rate, B): several sizes, the T=3000 / 0.9 -> 299 quirk, odd T and F, and B=1.
 SHAPES = [(101, 40, 0.25, 4), (400, 64, 0.5, 3), (3000, 128, 0.9, 1), (257, 13, 0.6, 2),
@@ -77,25 +77,12 @@ def test_output_steps_each_gather_unit_weight() -> None:
                                                                                    dtype=torch.float64))
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_tensor_scales_with_t_times_t() -> None:
     """Forward and backward never hold anything of size B*T*t (the dense matrix)."""
     b, t, f, rate = 2, 4000, 8, 0.5
     model = model_for(t, f, rate, torch.float32)
     x = log_mel_like(b, t, f).requires_grad_(True)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         out = model(x)
         (out["feature"].sum() + out["guide_loss"].sum()).backward()
     assert probe.largest <= 3 * b * t * f * 2  # O(B*T*F) only

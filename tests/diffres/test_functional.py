@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from service.diffres import functional as Fn
+from tests.diffres.probes import LargestTensor
 
 
 def test_step_max_sends_the_gradient_to_the_earliest_tied_frame() -> None:
@@ -73,30 +72,13 @@ def test_frame_warping_from_log_is_bit_identical_to_frame_warping(b, t, f, rate,
     assert torch.equal(energy, x.exp().mean(dim=-1))
 
 
-class _LargestAllocation(TorchDispatchMode):
-    """The largest fresh tensor an op returns (views of its inputs do not count)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr()
-                  for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_frame_warping_from_log_holds_no_input_sized_temporary() -> None:
     b, t, f, rate = 2, 4000, 16, 0.75
     out_len = Fn.output_length(t, rate)
     x = torch.randn(b, t, f) - 4.0
     score = _scores(b, t, out_len, seed=0)
     pos_emb = Fn.sinusoidal_position_table(t, f)
-    with torch.inference_mode(), _LargestAllocation() as probe:
+    with torch.inference_mode(), LargestTensor(fresh_only=True) as probe:
         Fn.frame_warping_from_log(x, score, pos_emb, out_len, rate, chunk_elements=256 * b * f)
     assert probe.largest == b * 3 * out_len * f + f  # the output, and its sink row
 
