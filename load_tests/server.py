@@ -1,19 +1,22 @@
-"""A local ``python -m service serve`` in a subprocess, on a free loopback port.
+"""A local ``python -m service serve`` in a subprocess, on a loopback port of its own.
 
     with LocalServer(log_path, env={"DIFFRES_MODEL_STORE": "..."}) as server:
         httpx.get(server.url + "/models")
     server.returncode  # 0 after a clean SIGTERM drain
 
-``start()`` returns once /readyz answers 200 (raises, with the log's tail, when the process
-exits, a model fails to load, or the timeout passes); ``stop()``
+The server binds port 0 and the kernel picks a free port as it binds; ``port`` and ``url``
+are read back from the running process. (A port picked here and bound later by the child
+could be taken in between by any other process on a shared machine, which would then answer
+our requests.) ``start()`` returns once /readyz answers 200 (raises, with the log's tail,
+when the process exits, a model fails to load, or the timeout passes); ``stop()``
 sends SIGTERM and waits for the drain, then kills if it must. Standard library only.
 """
 
 import ipaddress
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,10 +28,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+_STARTED = re.compile(rb"Uvicorn running on https?://[^\s:]+:(\d+)")
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` is listening on, read from /proc (Linux); empty when it
+    listens on none yet, or where there is no /proc."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the inode
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def is_loopback(url: str) -> bool:
@@ -70,10 +100,16 @@ class LocalServer:
                  python: str = sys.executable) -> None:
         self.log_path, self.env, self.args = Path(log_path), env or {}, args or []
         self.ready_timeout, self.python = ready_timeout, python
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None  # known once the server listens
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
+        self._log_start = 0  # where this run's lines begin in the (appended) log
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server is not listening yet: start() it first")
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> str:
         self.spawn()
@@ -83,8 +119,10 @@ class LocalServer:
     def spawn(self) -> None:
         """Start the process without waiting for it to be ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.port = None
         command = [self.python, "-m", "service", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), *self.args]
+                   "--port", "0", *self.args]
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=os.environ | self.env,
                                          stdout=log, stderr=subprocess.STDOUT)
@@ -94,6 +132,11 @@ class LocalServer:
         while time.monotonic() < give_up:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            if self.port is None:
+                self.port = self._bound_port()
+                if self.port is None:  # still loading the app, not listening yet
+                    time.sleep(0.2)
+                    continue
             status = http_status(self.url + "/readyz")
             if status == 200:
                 return
@@ -104,6 +147,19 @@ class LocalServer:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"server not ready within {self.ready_timeout:.0f} s:\n{self.tail()}")
+
+    def _bound_port(self) -> int | None:
+        """The port the process listens on: from /proc where there is one (whatever the log
+        level), else from uvicorn's "running on" line in this run's part of the log."""
+        ports = listening_ports(self.proc.pid)
+        if ports:
+            return min(ports)
+        if self.log_path.exists():
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                if match := _STARTED.search(log.read()):
+                    return int(match[1])
+        return None
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, wait up to ``timeout`` for the drain, then SIGKILL. Returns the exit code."""

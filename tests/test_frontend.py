@@ -92,7 +92,11 @@ def test_matches_numpy_reference(config, lengths):
         expected = np_log_mel(wave.numpy(), **config)
         assert out.shape == (3, num_frames(n, module.hop_length), module.n_mels)
         assert out.dtype == torch.float32
-        np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=5e-5)  # measured ~6e-6
+        # float32 DFT against float64: the error grows for bands far below their frame's peak
+        # and with the convolution kernel's summation order (max 6e-6 with oneDNN's AVX-512
+        # and AVX2 kernels, 1.5e-5 with its SSE4.1 ones); a wrong window, padding or scale
+        # is off by far more than 1e-4.
+        np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("scale", ["htk", "slaney"])
@@ -106,7 +110,12 @@ def test_silence_is_log_floor_and_frames_count():
     module = LogMel(log_floor=1e-5)
     out = module(torch.zeros(2, 1234))
     assert out.shape == (2, 1 + 1234 // 160, 40)
-    assert torch.all(out == math.log(1e-5))
+    # Silence is one value in every frame and band: torch's float32 log of the floor. Its
+    # log need not round ln(1e-5) correctly (the exact value is 0.14 ulp from a rounding
+    # midpoint), so that value is compared with math.log to within an ulp, not for equality.
+    silence = out.flatten()[0].item()
+    assert torch.all(out == silence)
+    assert silence == pytest.approx(math.log(1e-5), rel=1e-7, abs=0)  # 1 ulp: 8e-8 relative
     assert [num_frames(n, 160) for n in (0, 1, 159, 160, 161)] == [1, 1, 1, 2, 2]
 
 
@@ -161,8 +170,12 @@ def test_torchscript_and_onnx_match_eager(exported, batch, n):
 
 
 def test_batch_items_are_independent():
+    """One item alone or in a batch: the same up to the rounding of whichever convolution and
+    matmul kernels the batch size selects (2e-6 here, but each result may be up to 1.5e-5
+    from the exact one, see test_matches_numpy_reference, so two kernels may differ by twice
+    that). The items are 20 dB apart: a leak between them would be far above 1e-4."""
     module = LogMel()
     wave = noise(3, 3000, seed=5)
     whole = module(wave)
     for i in range(3):
-        torch.testing.assert_close(module(wave[i:i + 1]), whole[i:i + 1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(module(wave[i:i + 1]), whole[i:i + 1], rtol=0, atol=1e-4)

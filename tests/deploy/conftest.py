@@ -40,6 +40,18 @@ FALLBACK_MIRROR = "http://deb.debian.org/debian"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "diffres-serve.json"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_service_settings_from_this_machine():
+    """Settings read ``DIFFRES_*`` variables: one exported on this machine (an API key, a
+    model store) must not reach the servers these tests start, which get theirs explicitly."""
+    from service.config import Settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in Settings.model_fields:
+            patch.delenv(f"DIFFRES_{name.upper()}", raising=False)
+        yield
+
+
 def require(condition: bool, message: str) -> None:
     """Skip when ``condition`` is false; fail instead under DIFFRES_REQUIRE_SYSTEM_TOOLS=1."""
     if condition:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from load_tests.server import LocalServer, free_port
+from load_tests.server import LocalServer, listening_ports
 from tests.conftest import require_tool
 from tests.deploy.conftest import dashboard_queries
 
@@ -39,7 +39,7 @@ def prometheus_config(deploy_dir: Path, target: str, out_dir: Path) -> Path:
     return path
 
 
-def traffic(base: str, stop: threading.Event, limit_s: float = 120.0) -> None:
+def traffic(base: str, stop: threading.Event, limit_s: float = 600.0) -> None:
     """Requests until ``stop`` (or ``limit_s``): classify and compress, and a few 404s so
     that the error panels have data."""
     buffer = io.BytesIO()
@@ -54,13 +54,18 @@ def traffic(base: str, stop: threading.Event, limit_s: float = 120.0) -> None:
             time.sleep(0.02)
 
 
-def wait_prometheus(prom: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    give_up = time.monotonic() + timeout
+def wait_prometheus(proc: subprocess.Popen, log: Path, timeout: float = 120) -> str:
+    """Base URL of the Prometheus ``proc`` once it is ready. It listens on port 0 (the
+    kernel picks a free port as it binds: no race with other processes for a port chosen
+    in advance); the port is read back from /proc."""
+    give_up, prom = time.monotonic() + timeout, None
     while time.monotonic() < give_up:
         assert proc.poll() is None, log.read_text()[-3000:]
+        if prom is None and (ports := listening_ports(proc.pid)):
+            prom = f"http://127.0.0.1:{min(ports)}"
         try:
-            if httpx.get(f"{prom}/-/ready", timeout=2).status_code == 200:
-                return
+            if prom and httpx.get(f"{prom}/-/ready", timeout=10).status_code == 200:
+                return prom
         except httpx.TransportError:
             pass
         time.sleep(0.25)
@@ -73,7 +78,7 @@ def query(prom: str, expr: str) -> dict:
     return r.json()["data"]
 
 
-def wait_for_value(prom: str, expr: str, timeout: float = 60.0) -> float:
+def wait_for_value(prom: str, expr: str, timeout: float = 120.0) -> float:
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
         result = query(prom, expr)["result"]
@@ -83,7 +88,7 @@ def wait_for_value(prom: str, expr: str, timeout: float = 60.0) -> float:
     raise TimeoutError(f"no value for {expr} in {timeout:.0f} s")
 
 
-def rule_health(prom: str, timeout: float = 15.0) -> list[str]:
+def rule_health(prom: str, timeout: float = 120.0) -> list[str]:
     """Health of every alerting rule once all have been evaluated ("unknown" before)."""
     give_up = time.monotonic() + timeout
     while True:
@@ -101,30 +106,30 @@ def test_prometheus_scrapes_the_service_and_answers_the_dashboard(deploy_model_s
     with LocalServer(tmp_path / "server.log", env=env) as server:
         target = server.url.removeprefix("http://")
         config = prometheus_config(ROOT / "deploy" / "prometheus", target, tmp_path)
-        port = free_port()
-        prom = f"http://127.0.0.1:{port}"
         with open(tmp_path / "prometheus.log", "wb") as log:
             proc = subprocess.Popen(
                 [prometheus, f"--config.file={config}",
                  f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log,
+                 "--web.listen-address=127.0.0.1:0"], stdout=log,
                 stderr=subprocess.STDOUT)
         stop = threading.Event()
         sender = threading.Thread(target=traffic, args=(server.url, stop), daemon=True)
         try:
             sender.start()
-            wait_prometheus(prom, proc, tmp_path / "prometheus.log")
+            prom = wait_prometheus(proc, tmp_path / "prometheus.log")
             assert wait_for_value(prom, 'up{job="diffres-serve"}') == 1
             p95 = wait_for_value(prom, P95)
             print(f"\nPromQL p95 latency: {p95 * 1000:.1f} ms")
             assert 0 < p95 < 60
-            # Every dashboard query (Grafana's variables filled in) parses and has data.
-            time.sleep(2)
-            empty = []
-            for title, expr in dashboard_queries():
-                expr = expr.replace("$__rate_interval", "1m").replace("$model", ".*")
-                if not query(prom, expr)["result"]:
-                    empty.append((title, expr))
+            # Every dashboard query (Grafana's variables filled in) parses and has data: each
+            # gets it once enough scrapes are in, so wait for that (a hang fails the wait).
+            queries = [(title, expr.replace("$__rate_interval", "1m").replace("$model", ".*"))
+                       for title, expr in dashboard_queries()]
+            give_up = time.monotonic() + 120
+            while empty := [(t, e) for t, e in queries if not query(prom, e)["result"]]:
+                if time.monotonic() > give_up:
+                    break
+                time.sleep(0.5)
             assert not empty, empty
             assert rule_health(prom) == ["ok"] * 4
         finally:

@@ -20,6 +20,17 @@ from tests.model_store_builder import (  # noqa: F401  (re-exported for the serv
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_service_settings_from_this_machine():
+    """Settings read ``DIFFRES_*`` variables: one exported on this machine (an API key, a
+    model store, devices) must not change what the tests see, here or in the servers they
+    start. Tests that want one set it themselves (monkeypatch)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in Settings.model_fields:
+            patch.delenv(f"DIFFRES_{name.upper()}", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     return build_serving_store(tmp_path_factory.mktemp("model_store"))

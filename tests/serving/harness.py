@@ -1,5 +1,7 @@
 """Test tools for the reliability and security suites: a live server in a subprocess, an
-in-process app driven by an async client, a fault-injecting backend, request builders.
+in-process app driven by an async client, a fault-injecting backend, request builders, and
+waits for a condition (``wait_until``, ``eventually``) whose timeouts only stop a hang: a
+test waits for the event it needs, never for a guessed number of seconds.
 
 Fault injection never touches production code: ``install_faults`` monkeypatches the
 repository's ``make_backend`` so every model backend is wrapped in ``FaultyBackend``, which
@@ -8,12 +10,15 @@ misbehaves only on batches holding a window whose first value is ``POISON``.
 
 import asyncio
 import contextlib
+import inspect
 import io
 import os
 import shutil
 import socket
 import struct
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,18 +35,22 @@ POISON = 33.0  # spectrogram[0, 0] that makes a FaultyBackend misbehave (in the 
 
 
 class LiveServer(LocalServer):
-    """``python -m service serve`` on a free loopback port, started at construction, with
-    a model store and CLI ``flags``; ``wait_ready()`` returns it once /readyz is 200."""
+    """``python -m service serve`` on a loopback port the kernel picks, started at
+    construction, with a model store and CLI ``flags``; ``wait_ready()`` returns it once
+    /readyz is 200 (``base`` and ``port`` are known from then on)."""
 
     def __init__(self, store: Path, log_path: Path, **flags) -> None:
         args = ["--model-store", str(store), "--devices", "cpu"]
         for name, value in flags.items():
             args += ["--" + name.replace("_", "-"), str(value)]
         super().__init__(log_path, env={"PYTHONUNBUFFERED": "1"}, args=args)
-        self.base = self.url
         self.spawn()
 
-    def wait_ready(self, timeout: float = 90.0) -> "LiveServer":
+    @property
+    def base(self) -> str:
+        return self.url
+
+    def wait_ready(self, timeout: float = 120.0) -> "LiveServer":
         self.ready_timeout = timeout
         self._wait_ready()
         return self
@@ -51,6 +60,31 @@ class LiveServer(LocalServer):
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "",
+               poll_s: float = 0.02) -> None:
+    """Return once ``condition()`` holds; ``timeout`` only stops a hang (no speed bound)."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"not within {timeout:.0f} s: {what or condition}")
+        time.sleep(poll_s)
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 60.0,
+                     what: str = "", poll_s: float = 0.01) -> None:
+    """``wait_until`` for a coroutine: ``condition`` may be async; the loop keeps running."""
+    give_up = time.monotonic() + timeout
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"not within {timeout:.0f} s: {what or condition}")
+        await asyncio.sleep(poll_s)
 
 
 def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
@@ -87,13 +121,18 @@ def store_copy(src: Path, dst: Path, models: dict[str, list[int]]) -> Path:
     return dst
 
 
-def drop_version(store: Path, name: str, src_version: int, version: int) -> Path:
+def drop_version(store: Path, name: str, src_version: int, version: int,
+                 corrupt: bool = False) -> Path:
     """Add ``name/version`` (a copy of ``src_version``) the way operators should: copy into a
-    hidden directory, then rename it into place (atomic)."""
+    hidden directory, then rename it into place (atomic). ``corrupt``: append a byte to its
+    model.onnx before the rename, so that no scan ever sees it intact."""
     from tests.model_store_builder import relabel
 
     staging = store / name / f".tmp-{version}"
     relabel(store / name / str(src_version), staging, name, version)
+    if corrupt:
+        with open(staging / "model.onnx", "ab") as f:
+            f.write(b"\0")
     final = store / name / str(version)
     os.rename(staging, final)
     return final
@@ -135,15 +174,16 @@ class Faults:
 
     mode: str = "ok"  # ok | raise | hang | die | block
     release: threading.Event = field(default_factory=threading.Event)
+    poisoned: threading.Event = field(default_factory=threading.Event)  # a poisoned batch ran
     created: int = 0  # model backends built (a replaced worker builds one more)
     batches: list[list[float]] = field(default_factory=list)  # [0, 1] of every window
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class FaultyBackend:
-    """Wraps a real backend; on a batch holding a POISON window: ``raise`` fails it,
-    ``hang`` blocks until ``release`` (or 60 s), ``die`` fails it and every later batch,
-    ``block`` waits for ``release`` and then runs normally."""
+    """Wraps a real backend; on a batch holding a POISON window (``poisoned`` is then set):
+    ``raise`` fails it, ``hang`` blocks until ``release`` (or 60 s), ``die`` fails it and
+    every later batch, ``block`` waits for ``release`` and then runs normally."""
 
     def __init__(self, inner, faults: Faults) -> None:
         self.inner, self.faults, self.dead = inner, faults, False
@@ -170,6 +210,7 @@ class FaultyBackend:
         if self.dead:
             raise RuntimeError("device lost")
         if np.any(batch[:, 0, 0] == np.float32(POISON)):
+            self.faults.poisoned.set()
             mode = self.faults.mode
             if mode == "raise":
                 raise RuntimeError("injected inference failure")
@@ -195,7 +236,13 @@ def install_faults(monkeypatch, faults: Faults) -> None:
     monkeypatch.setattr(repository, "make_backend", make)
 
 
-def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+def gauge(base: str, name: str) -> float:
+    """The value of the Prometheus gauge ``name`` (summed over its labels) at ``base``."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    return sum(value for _, value in metric_samples(text, name))
+
+
+def raw_http(port: int, request: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
     """Send ``request`` bytes as-is (no client normalisation); (status, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)

@@ -4,8 +4,9 @@ HTTP, on /classify, /compress, /models/{name} and (when present) the v2 infer ro
 Table-driven cases (hand-made headers, truncations, limits, content types, names) and
 Hypothesis-driven ones (random bytes, mutated real files, fuzzed WAV headers, JSON and
 .npy). Every answer must be a 200 with finite numbers or a 4xx JSON error whose code is in
-docs/API.md; never a 5xx. The server must stay up, its /metrics must count no 5xx, and its
-RSS must stay bounded. The last test prints how many cases were tried.
+docs/API.md; never a 5xx. After every test, in whatever order they run, the server must be
+up, its /metrics must count no 5xx, and its RSS must stay bounded; the module's end prints
+how many cases were tried.
 """
 
 import json
@@ -40,7 +41,7 @@ ENDPOINTS = ["/classify", "/compress"]
 
 
 @pytest.fixture(scope="module")
-def server(model_store, tmp_path_factory):
+def server(model_store, tmp_path_factory, request):
     log = tmp_path_factory.mktemp("bad_input") / "server.log"
     srv = LiveServer(model_store, log, models="kws12-diffres,kws12-avgpool",
                      max_upload_bytes=LIMIT, max_audio_seconds=MAX_S, request_timeout_s=10,
@@ -55,7 +56,27 @@ def server(model_store, tmp_path_factory):
                                        headers={"content-type": ctype}).status_code == 200
         srv.client, srv.rss_before = client, srv.rss()
         yield srv
+        rss_after = srv.rss() if srv.proc.poll() is None else float("nan")
     srv.stop()
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nbad input: {TALLY['cases']} cases tried ({TALLY[200]} answered 200, "
+              f"{TALLY[400]} 4xx, {TALLY[500]} 5xx); RSS {srv.rss_before / 2 ** 20:.0f} -> "
+              f"{rss_after / 2 ** 20:.0f} MiB (+{(rss_after - srv.rss_before) / 2 ** 20:.1f} MiB)")
+
+
+@pytest.fixture(autouse=True)
+def server_survives(server):
+    """Checked after every test rather than by a "last" test, which a random test order
+    would run anywhere: the server is up, /metrics counts no 5xx (/readyz during start-up
+    aside), and its RSS stays within 64 MiB of the warmed-up baseline."""
+    yield
+    assert server.proc.poll() is None, server.log()[-3000:]
+    assert server.client.get("/healthz").status_code == 200
+    metrics = server.client.get("/metrics").text
+    five = [(labels, v) for labels, v in metric_samples(metrics, "diffres_requests_total")
+            if re.search(r'status="5\d\d"', labels) and "/readyz" not in labels and v > 0]
+    assert not five, five
+    assert server.rss() - server.rss_before < 64 * 2 ** 20
 
 
 @pytest.fixture(scope="module")
@@ -318,22 +339,3 @@ def test_v2_table(server, v2):
     header = struct.pack("<I", 0)
     check(server.client.post(url, content=header, headers={
         "inference-header-content-length": "999999999"}), v2=True)
-
-
-# -- summary: keep last ---------------------------------------------------------------------
-
-def test_zz_server_survived_no_5xx_memory_bounded(server, capsys):
-    assert server.proc.poll() is None
-    assert server.client.get("/healthz").status_code == 200
-    metrics = server.client.get("/metrics").text
-    five = [(labels, v) for labels, v in metric_samples(metrics, "diffres_requests_total")
-            if re.search(r'status="5\d\d"', labels) and "/readyz" not in labels]  # start-up
-    five = sum(v for _, v in five)
-    growth = server.rss() - server.rss_before
-    with capsys.disabled():
-        print(f"\nbad input: {TALLY['cases']} cases tried ({TALLY[200]} answered 200, "
-              f"{TALLY[400]} 4xx, {TALLY[500]} 5xx); server 5xx in /metrics: {five:.0f}; "
-              f"RSS {server.rss_before / 2 ** 20:.0f} -> {server.rss() / 2 ** 20:.0f} MiB "
-              f"(+{growth / 2 ** 20:.1f} MiB)")
-    assert TALLY[500] == 0 and five == 0
-    assert growth < 64 * 2 ** 20

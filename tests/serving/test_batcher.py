@@ -1,4 +1,8 @@
-"""The batcher's invariants, each with a fake worker and plain asyncio (no model, no HTTP)."""
+"""The batcher's invariants, each with a fake worker and plain asyncio (no model, no HTTP).
+
+Every test runs on a virtual clock (``tests.serving.virtual_time``): loop time moves only
+when nothing can run, so delays, deadlines and "sleep, then look" give the same result on
+any machine, however slow or busy, and durations are asserted exactly."""
 
 import asyncio
 from dataclasses import dataclass, field
@@ -9,6 +13,7 @@ import pytest
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.serving.batcher import Batcher
 from service.serving.workers import WorkerSpec
+from tests.serving.virtual_time import run
 
 
 @dataclass
@@ -41,10 +46,6 @@ class FakeWorker:
 
 def windows(n, start=0.0):
     return np.stack([np.full((4, 3), start + i, np.float32) for i in range(n)])
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 async def started(worker=None, **kw):
@@ -97,14 +98,14 @@ def test_batch_leaves_when_full_without_waiting_for_delay():
         b = await started(worker, max_delay_s=5.0)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await b.submit(windows(4), deadline())
+        await b.submit(windows(4), deadline(30))
         elapsed = loop.time() - t0
         await b.stop()
         return worker, elapsed
 
     worker, elapsed = run(main())
     assert [len(x) for x in worker.batches] == [4]
-    assert elapsed < 1.0
+    assert elapsed < 5.0  # virtual time: waiting for the delay would make it exactly 5.0
 
 
 def test_partial_batch_leaves_after_oldest_waited_delay():
@@ -123,7 +124,7 @@ def test_partial_batch_leaves_after_oldest_waited_delay():
 
     worker, elapsed = run(main())
     assert [len(x) for x in worker.batches] == [2]
-    assert 0.38 <= elapsed < 0.58  # the clock started at the first window (0.6 if second)
+    assert elapsed == pytest.approx(0.4)  # the clock started at the first window (0.6 if second)
 
 
 def test_windows_of_concurrent_requests_share_batches():
@@ -249,22 +250,48 @@ def test_results_only_set_on_pending_futures():
     assert float(run(main())[0]["sum"]) == 0.0
 
 
-def test_busy_workers_make_bigger_batches_and_several_workers_run_in_parallel():
-    async def main():
-        workers = [FakeWorker(delay=0.05), FakeWorker(delay=0.05)]
-        b = Batcher(workers, max_batch_size=8, max_delay_s=0.0, max_queue_size=64)
-        await b.start()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        await asyncio.gather(*(b.submit(windows(1), deadline()) for _ in range(12)))
-        elapsed = loop.time() - t0
-        await b.stop()
-        return workers, elapsed
+def test_windows_queue_while_the_worker_is_busy_so_batches_grow():
+    """No batching delay: windows arriving while the only worker runs a batch wait, and then
+    leave together as the next batch."""
 
-    workers, elapsed = run(main())
-    sizes = [len(x) for w in workers for x in w.batches]
-    assert sum(sizes) == 12 and all(w.batches for w in workers)  # both workers got batches
-    assert elapsed < 1.0
+    async def main():
+        gate = asyncio.Event()
+        worker = FakeWorker(gate=gate)
+        b = await started(worker, max_batch_size=8, max_delay_s=0.0, max_queue_size=64)
+        first = asyncio.create_task(b.submit(windows(1), deadline()))
+        await asyncio.sleep(0.01)  # its batch holds the worker (closed gate)
+        later = [asyncio.create_task(b.submit(windows(1, 1 + k), deadline())) for k in range(5)]
+        await asyncio.sleep(0.01)  # all five queued
+        gate.set()
+        outs = await asyncio.gather(first, *later)
+        await b.stop()
+        return worker, outs
+
+    worker, outs = run(main())
+    assert [len(x) for x in worker.batches] == [1, 5]
+    assert [float(o[0]["sum"]) for o in outs] == [12.0 * k for k in range(6)]
+
+
+def test_several_workers_run_batches_at_the_same_time():
+    """Both workers hold a batch while neither has finished (a shared gate keeps them
+    running): batches go to idle workers in parallel, not one after the other."""
+
+    async def main():
+        gate = asyncio.Event()
+        workers = [FakeWorker(gate=gate), FakeWorker(gate=gate)]
+        b = Batcher(workers, max_batch_size=1, max_delay_s=0.0, max_queue_size=8)
+        await b.start()
+        tasks = [asyncio.create_task(b.submit(windows(1, k), deadline())) for k in range(2)]
+        await asyncio.sleep(0.01)
+        running = [len(w.batches) for w in workers]  # started, none finished (gate closed)
+        gate.set()
+        outs = await asyncio.gather(*tasks)
+        await b.stop()
+        return running, outs
+
+    running, outs = run(main())
+    assert running == [1, 1]
+    assert [float(o[0]["sum"]) for o in outs] == [0.0, 12.0]
 
 
 def test_stop_finishes_queued_work_then_refuses():

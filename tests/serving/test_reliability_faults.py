@@ -8,11 +8,13 @@ real exported models wrapped by the test-only ``FaultyBackend``:
 * corrupt manifests and artifacts leave only their model unserved, with the reason;
 * hot reload under load: a new version goes live with zero failed requests; a removed
   version unloads only after its in-flight request finished; polling finds new versions.
+
+Each step waits for the event it needs (a poisoned batch running, answers from a version);
+the timeouts only stop a hang.
 """
 
 import asyncio
 import shutil
-import time
 
 import pytest
 
@@ -22,6 +24,7 @@ from tests.serving.harness import (
     Faults,
     asgi_client,
     drop_version,
+    eventually,
     install_faults,
     metric_samples,
     spec_body,
@@ -31,7 +34,7 @@ from tests.serving.harness import (
 ADMIN = {"authorization": "Bearer admin-secret"}
 
 
-def run(coro, timeout=90):
+def run(coro, timeout=300):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
@@ -67,30 +70,30 @@ def test_inference_error_fails_only_its_batch_and_the_worker_serves_on(model_sto
 
 def test_hung_worker_is_replaced_and_its_requests_end_before_their_deadline(model_store,
                                                                             monkeypatch):
+    """The hung request ends with the watchdog's 500, not the deadline's 504: it ended
+    before its deadline, which is far away (60 s) so that no slow machine reaches it."""
     faults = Faults(mode="hang")
     install_faults(monkeypatch, faults)
 
     async def main():
-        settings = one_model(model_store, batch_timeout_s=0.5, request_timeout_s=8.0,
+        settings = one_model(model_store, batch_timeout_s=2.0, request_timeout_s=60.0,
                              max_queue_delay_ms=1.0)
         async with asgi_client(settings) as (app, client):
             created = faults.created
-            t0 = time.monotonic()
             hung = asyncio.create_task(client.post("/classify", json=spec_body(poison=True)))
-            await asyncio.sleep(0.1)  # the poisoned batch holds the only worker
+            await eventually(faults.poisoned.is_set)  # the poisoned batch holds the only worker
             queued = [client.post("/classify", json=spec_body(ident=i)) for i in range(6)]
             answers = await asyncio.gather(hung, *queued)
-            elapsed = time.monotonic() - t0
             metrics = (await client.get("/metrics")).text
             faults.release.set()  # let the abandoned thread finish
-            return answers, elapsed, faults.created - created, metrics
+            return answers, faults.created - created, metrics
 
-    answers, elapsed, new_backends, metrics = run(main())
+    answers, new_backends, metrics = run(main())
     assert answers[0].status_code == 500
     assert answers[0].json()["error"]["code"] == "inference_failed"
     assert "batch_timeout_s" in answers[0].json()["error"]["message"]
     assert [r.status_code for r in answers[1:]] == [200] * 6  # served by the replacement
-    assert elapsed < 5.0 and new_backends == 1
+    assert new_backends == 1
     assert metric_samples(metrics, "diffres_worker_replacements_total")[0][1] == 1
 
 
@@ -156,15 +159,17 @@ def test_corrupt_manifests_and_artifacts_leave_only_their_model_unserved(model_s
     assert ready.status_code == 503 and "tampered/1: failed" in ready.json()["error"]["message"]
 
 
-async def _load(client, stop, answers, version=None):
-    query = "" if version is None else f"?version={version}"
+async def _load(client, stop, answers, phase):
+    """Four closed-loop clients until ``stop``; each answer is recorded as (status, version
+    or error, ``phase["now"]`` when its request was sent)."""
 
     async def one(k):
         i = 0
         while not stop.is_set():
-            r = await client.post(f"/classify{query}", json=spec_body(ident=-(k * 100 + i % 100)))
+            sent_in = phase["now"]
+            r = await client.post("/classify", json=spec_body(ident=-(k * 100 + i % 100)))
             body = r.json()
-            answers.append((r.status_code, body.get("version", body.get("error"))))
+            answers.append((r.status_code, body.get("version", body.get("error")), sent_in))
             i += 1
 
     await asyncio.gather(*(one(k) for k in range(4)))
@@ -174,17 +179,22 @@ def test_hot_reload_under_load_with_zero_failed_requests(model_store, tmp_path):
     store = store_copy(model_store, tmp_path / "store", {"kws12-diffres": [1]})
     settings = one_model(store, admin_key="admin-secret", max_queue_delay_ms=2.0)
 
+    def sent_in(answers, phase):
+        return [a for a in answers if a[2] == phase]
+
     async def main():
         async with asgi_client(settings) as (app, client):
-            stop, answers = asyncio.Event(), []
-            load = asyncio.create_task(_load(client, stop, answers))
-            await asyncio.sleep(0.5)
+            stop, answers, phase = asyncio.Event(), [], {"now": "v1"}
+            load = asyncio.create_task(_load(client, stop, answers, phase))
+            await eventually(lambda: len(answers) >= 8)  # under load before the reload
             drop_version(store, "kws12-diffres", 1, 2)
             added = await client.post("/admin/models/kws12-diffres/reload", headers=ADMIN)
-            await asyncio.sleep(0.5)
+            phase["now"] = "v2"
+            await eventually(lambda: len(sent_in(answers, "v2")) >= 8)  # v2 serves the load
             shutil.rmtree(store / "kws12-diffres" / "2")
             removed = await client.post("/admin/models/kws12-diffres/reload", headers=ADMIN)
-            await asyncio.sleep(0.5)
+            phase["now"] = "v2 removed"
+            await eventually(lambda: len(sent_in(answers, "v2 removed")) >= 8)
             stop.set()
             await load
             models = (await client.get("/models/kws12-diffres")).json()
@@ -193,10 +203,11 @@ def test_hot_reload_under_load_with_zero_failed_requests(model_store, tmp_path):
     added, removed, answers, models = run(main())
     assert added["models"]["kws12-diffres"]["loaded"] == [2]
     assert removed["models"]["kws12-diffres"]["unloaded"] == [2]
-    statuses = [s for s, _ in answers]
-    assert len(statuses) > 20 and set(statuses) == {200}, [a for a in answers if a[0] != 200]
-    served = [v for _, v in answers]
-    assert 2 in served and served[-1] == 1  # v2 went live, then away again
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, failed  # zero failed requests throughout both reloads
+    # (requests sent before a reload answered may have resolved either version)
+    assert {v for _, v, _ in sent_in(answers, "v2")} == {2}  # live once the reload answered
+    assert {v for _, v, _ in sent_in(answers, "v2 removed")} == {1}  # and away again
     assert models["latest"] == 1
 
 
@@ -214,20 +225,21 @@ def test_removed_version_unloads_only_after_its_inflight_request(model_store, tm
         async with asgi_client(settings) as (app, client):
             slow = asyncio.create_task(client.post("/classify?version=2",
                                                    json=spec_body(poison=True)))
-            await asyncio.sleep(0.2)  # its batch is running in v2's worker
+            await eventually(faults.poisoned.is_set)  # its batch is running in v2's worker
             shutil.rmtree(store / "kws12-diffres" / "2")
             reload = await client.post("/admin/models/kws12-diffres/reload", headers=ADMIN)
             during = await states(client)
             explicit = await client.post("/classify?version=2", json=spec_body())
             default = await client.post("/classify", json=spec_body())
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # room to unload too early (the request holds v2 anyway)
             still = (await states(client), slow.done())
             faults.release.set()
             answer = await slow
-            for _ in range(100):
-                if 2 not in await states(client):
-                    break
-                await asyncio.sleep(0.05)
+
+            async def unloaded():
+                return 2 not in await states(client)
+
+            await eventually(unloaded)
             info = metric_samples((await client.get("/metrics")).text, "diffres_model_info")
             return (reload.json(), during, explicit, default, still, answer,
                     await states(client), info)
@@ -249,16 +261,18 @@ def test_polling_serves_a_new_version_and_skips_a_broken_one(model_store, tmp_pa
     async def main():
         async with asgi_client(settings) as (app, client):
             drop_version(store, "kws12-diffres", 1, 2)
-            broken = drop_version(store, "kws12-diffres", 1, 3)
-            with open(broken / "model.onnx", "ab") as f:
-                f.write(b"\0")
-            for _ in range(100):
-                r = await client.post("/classify", json=spec_body())
-                if r.json()["version"] == 2:
-                    break
-                await asyncio.sleep(0.05)
+            # corrupted before it is renamed into place: a scan racing with the corruption
+            # would otherwise load it intact, and serve it as the latest
+            drop_version(store, "kws12-diffres", 1, 3, corrupt=True)
+            answers = []
+
+            async def serves_v2():
+                answers.append(await client.post("/classify", json=spec_body()))
+                return answers[-1].json().get("version") == 2
+
+            await eventually(serves_v2, poll_s=0.05)
             models = {m["version"]: m for m in (await client.get("/models")).json()["models"]}
-            return r, models, (await client.get("/readyz")).status_code
+            return answers[-1], models, (await client.get("/readyz")).status_code
 
     r, models, ready = run(main())
     assert r.status_code == 200 and r.json()["version"] == 2

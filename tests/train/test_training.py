@@ -93,9 +93,19 @@ def test_hop_sets_frames() -> None:
 
 
 def test_diffres_training_lowers_loss_and_writes_outputs(full_run: Path) -> None:
+    """The cross-entropy the classifier is trained on falls. The total train_loss also holds
+    the published guide loss, whose thresholds (which frames are empty, which items count)
+    turn last-bit differences between CPUs into different losses: with the same seed, three
+    epochs took train_loss 2.998 -> 2.900 with ATen's AVX-512 kernels and 2.999 -> 3.042
+    with its default ones (guide loss 0.456 -> 0.410 and 0.456 -> 0.534), so only the
+    cross-entropy is asserted to fall."""
     history = read_metrics(full_run / "metrics.csv")
     assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # It fell by 0.034-0.053 across ATen's and oneDNN's CPU kernels and 0.04-0.13 with other
+    # seeds; with a learning rate of 1e-12 the augmentation alone moves it by under 0.01.
+    assert history[-1]["train_ce"] < history[0]["train_ce"] - 0.01
+    for row in history:
+        assert row["train_loss"] == pytest.approx(row["train_ce"] + row["guide_loss"])
     result = json.loads((full_run / "result.json").read_text())
     best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
     assert result["best_epoch"] == best["epoch"]  # chosen on validation only
