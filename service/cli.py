@@ -12,6 +12,7 @@ import sys
 COMMANDS = [
     "service.serving.cli",  # serve
     "service.predict",  # predict
+    "service.export.cli",  # export
 ]
 
 

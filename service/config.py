@@ -6,11 +6,12 @@ environment. ``get_settings()`` is the cached getter ``create_app`` falls back o
 the app's instance from ``app.state``.
 """
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
@@ -23,6 +24,61 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, repr=False)
+class VersionPolicy:
+    """Which versions of each model are served (Triton's ``version_policy``):
+
+    * ``latest``: only the newest version that loads (an older one takes over if it fails);
+    * ``all``: every version in the store;
+    * ``specific:1,3``: only those versions (each that is present and loads).
+
+    Written and read as that text (``str(policy)``, ``VersionPolicy.parse(text)``).
+    """
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    versions: tuple[int, ...] = ()
+
+    SYNTAX = "'latest', 'all' or 'specific:<version>[,<version>...]' (positive integers)"
+
+    @classmethod
+    def parse(cls, value: Any) -> "VersionPolicy":
+        if isinstance(value, VersionPolicy):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"version_policy must be {cls.SYNTAX}, got {value!r}")
+        text = value.strip().lower()
+        if text in ("latest", "all"):
+            return cls(text)
+        kind, colon, listed = text.partition(":")
+        parts = [p.strip() for p in listed.split(",")]
+        if kind.strip() != "specific" or not colon or not all(p.isdigit() and int(p) > 0
+                                                             for p in parts):
+            raise ValueError(f"version_policy must be {cls.SYNTAX}, got {value!r}")
+        return cls("specific", tuple(sorted({int(p) for p in parts})))
+
+    def __repr__(self) -> str:
+        return f"VersionPolicy({str(self)!r})"
+
+    def __str__(self) -> str:
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return self.kind
+
+    def wants(self, version: int) -> bool:
+        """Whether ``version`` may be served (under ``latest``: whether it is a candidate)."""
+        return version > 0 and (self.kind != "specific" or version in self.versions)
+
+    def served_count(self, loadable: list[int]) -> int:
+        """How many of one model's ``loadable`` versions will serve: what the thread plan
+        divides the cores by."""
+        wanted = [v for v in loadable if self.wants(v)]
+        return min(len(wanted), 1) if self.kind == "latest" else len(wanted)
+
+
+VersionPolicySetting = Annotated[VersionPolicy, NoDecode, BeforeValidator(VersionPolicy.parse),
+                                 PlainSerializer(str, return_type=str)]
+
+
 class Settings(BaseSettings):
     """Every knob of ``python -m service serve``; see the settings table in docs/API.md."""
 
@@ -32,7 +88,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     model_store: Path = Path("model_store")
     models: CommaList = Field(default_factory=list, description="models to load; empty: all")
-    default_model: str = "kws12-diffres"
+    default_model: str = Field("kws12-diffres", description="model used when a request "
+                               "names none; startup fails if the store does not hold it")
+    version_policy: VersionPolicySetting = Field(
+        VersionPolicy(), description="versions served per model: latest (the newest that "
+        "loads), all, or specific:1,3")
     backend: Literal["onnx", "torchscript"] = "onnx"
     onnx_providers: CommaList = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],

@@ -1,8 +1,9 @@
-"""Domain errors of the serving stack.
+"""Domain errors of the service and of its exporter.
 
-Every error the service raises on purpose is a ``DiffresError`` with a stable machine
-``code`` and a human ``message``. They carry no HTTP knowledge: the edge maps each class to a
-status code in one table (``service.serving.http_errors``).
+Every error raised on purpose is a ``DiffresError`` with a stable machine ``code`` and a
+human ``message``. They carry no HTTP knowledge: the edge maps each serving error to a status
+code in one table (``service.serving.http_errors``). ``ExportError`` and its subclasses are
+the offline exporter's (``service.export``) and never reach a request.
 """
 
 
@@ -34,6 +35,13 @@ class ModelNotFound(DiffresError):
     """No such model, or no such version of it."""
 
     code = "model_not_found"
+
+
+class ConfigError(DiffresError):
+    """The settings do not fit the model store (e.g. ``default_model`` is not in it). Raised
+    at startup, which then fails; never an HTTP answer."""
+
+    code = "config_error"
 
 
 class PayloadTooLarge(DiffresError):
@@ -86,3 +94,27 @@ class InferenceFailed(DiffresError):
     """The backend raised or returned outputs of the wrong shape."""
 
     code = "inference_failed"
+
+
+class ExportError(DiffresError):
+    """A model could not be exported to a model directory; the message says what to change."""
+
+    code = "export_failed"
+
+
+class InvalidModel(ExportError):
+    """The modules handed to the exporter do not fit together (labels, shapes, outputs)."""
+
+    code = "invalid_model"
+
+
+class UnsupportedOperator(ExportError):
+    """An operator in the model has no export to the requested format."""
+
+    code = "unsupported_operator"
+
+
+class ExportCheckError(ExportError):
+    """An exported file disagrees with eager PyTorch beyond an output's tolerance."""
+
+    code = "export_check_failed"

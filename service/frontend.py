@@ -20,6 +20,8 @@ Definition (what the serving side and the tests reproduce):
 
 import math
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from service.manifest import FrontendSpec
 
 MEL_SCALES = ("htk", "slaney")
+MEL_NORMS = (None, "slaney")
 
 # Slaney's Auditory Toolbox mel scale: linear to 1 kHz, logarithmic above.
 _SLANEY_F_SP = 200.0 / 3
@@ -60,16 +63,21 @@ def mel_to_hz(mels: Tensor, mel_scale: str = "htk") -> Tensor:
 
 
 def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int,
-                   mel_scale: str = "htk", n_fft: int | None = None) -> Tensor:
-    """[n_freqs, n_mels] triangular filters (peak 1, no area normalisation), float32.
+                   mel_scale: str = "htk", n_fft: int | None = None,
+                   norm: str | None = None) -> Tensor:
+    """[n_freqs, n_mels] triangular filters, float32.
 
     Bin k sits at k * sample_rate / n_fft Hz, ``n_fft`` defaulting to 2 * (n_freqs - 1)
     (pass it for an odd n_fft, whose last bin is below Nyquist). Filter m rises from mel
-    point m to m + 1 and falls to m + 2, the n_mels + 2 points equally spaced in mels.
-    Built in float64 and rounded once.
+    point m to m + 1 and falls to m + 2, the n_mels + 2 points f_pts equally spaced in
+    mels. ``norm=None``: peak 1; ``norm="slaney"``: filter m scaled by
+    2 / (f_pts[m + 2] - f_pts[m]) (area normalisation, torchaudio's and librosa's
+    "slaney"). Built in float64 and rounded once.
     """
     if mel_scale not in MEL_SCALES:
         raise ValueError(f"mel_scale must be one of {MEL_SCALES}, got {mel_scale!r}")
+    if norm not in MEL_NORMS:
+        raise ValueError(f"norm must be one of {MEL_NORMS}, got {norm!r}")
     n_fft = 2 * (n_freqs - 1) if n_fft is None else n_fft
     all_freqs = torch.arange(n_freqs, dtype=torch.float64) * (sample_rate / n_fft)
     m_min = hz_to_mel(torch.tensor(float(f_min), dtype=torch.float64), mel_scale)
@@ -80,7 +88,10 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # [n_freqs, n_mels + 2]
     down = -slopes[:, :-2] / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
-    return torch.clamp(torch.minimum(down, up), min=0.0).to(torch.float32)
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    if norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:] - f_pts[:-2])).unsqueeze(0)
+    return fb.to(torch.float32)
 
 
 def hann_window(win_length: int, n_fft: int) -> Tensor:
@@ -160,6 +171,23 @@ class LogMel(nn.Module):
                             win_length=self.win_length, hop_length=self.hop_length,
                             n_mels=self.n_mels, f_min=self.f_min, f_max=self.f_max,
                             mel_scale=self.mel_scale, log_floor=self.log_floor)
+
+    @torch.jit.unused
+    def describe(self) -> dict:
+        """Plain, JSON-ready description: ``{"type": "LogMel", **FrontendSpec fields}``;
+        :meth:`from_description` rebuilds the module from it."""
+        return {"type": "LogMel", **self.spec().model_dump()}
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any]) -> "LogMel":
+        """Inverse of :meth:`describe`."""
+        fields = dict(description)
+        if fields.pop("type", None) != "LogMel":
+            raise ValueError(f"not a LogMel description: type={description.get('type')!r}")
+        unknown = sorted(set(fields) - set(FrontendSpec.model_fields))
+        if unknown:
+            raise ValueError(f"unknown LogMel parameters {unknown}")
+        return cls.from_spec(FrontendSpec(**fields))
 
     def extra_repr(self) -> str:
         return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, "

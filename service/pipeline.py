@@ -1,16 +1,20 @@
 """Compressor + classifier composition for training and for export. No I/O.
 
-Training uses :class:`AudioClassifier`; export wraps it in :class:`ServingGraph`, whose
-forward is the serving contract (spectrogram in, a fixed tuple of arrays out).
+Training uses :class:`AudioClassifier`; export wraps any compressor and classifier (ours or a
+user's) in :class:`ServingGraph`, whose forward is the serving contract (spectrogram in, a
+fixed tuple of arrays out).
 """
 
 import copy
+from collections.abc import Sequence
+from typing import Final
 
 import torch
 from torch import Tensor, nn
 
 from service.classifier import Classifier
 from service.diffres import AvgMaxPool, AvgPool, ChangeHopSize, ConvAvgPool, DiffRes, FullResolution
+from service.manifest import COMPRESSION_OUTPUTS, REQUIRED_OUTPUTS, SPECTROGRAM
 
 COMPRESSORS: dict[str, type[nn.Module]] = {
     "diffres": DiffRes,
@@ -94,49 +98,85 @@ class AudioClassifier(nn.Module):
         }
 
 
-class ServingGraph(nn.Module):
-    """An eval-mode copy of an :class:`AudioClassifier` with the serving contract.
+def compressor_kind(compressor: nn.Module) -> str:
+    """The manifest's kind for ``compressor``: ours by class, "custom" for anything else."""
+    for kind, cls in COMPRESSORS.items():
+        if type(compressor) is cls:
+            return kind
+    return "custom"
 
-    forward(spectrogram [B, T, F]) -> (probabilities [B, n_classes], frame_scores [B, T]),
-    plus (avgpool, maxpool, resolution_enc), each [B, t, F], for DiffRes. TorchScript needs
-    one static return type per class, so ``ServingGraph(model)`` builds a
-    :class:`DiffResServingGraph` for DiffRes models. ``output_names`` matches the tuple.
-    The copy leaves the caller's model (and its train/eval mode) untouched.
+
+class FeatureOnly(nn.Module):
+    """Adapts a compressor that returns its feature map as one tensor to the dict contract."""
+
+    def __init__(self, compressor: nn.Module) -> None:
+        super().__init__()
+        self.compressor = compressor
+
+    def forward(self, spectrogram: Tensor) -> dict[str, Tensor]:
+        return {"feature": self.compressor(spectrogram)}
+
+
+class ServingGraph(nn.Module):
+    """The exported model: compressor then classifier, with the serving contract.
+
+    forward(spectrogram [B, T, F]) -> (probabilities [B, n_classes], frame_scores [B, T]).
+    The compressor returns a dict with "feature" (what the classifier takes) and, if it
+    learns one, "score" [B, T, 1]; without it every frame scores the uniform t / T. The
+    classifier returns logits. Use :func:`serving_graph`, which picks the subclass: TorchScript
+    needs one static return type per class. Holds eval-mode copies; the caller's modules
+    (and their train/eval mode) are left untouched.
     """
 
-    input_names = ["spectrogram"]
-    output_names = ["probabilities", "frame_scores"]
+    input_names = [SPECTROGRAM]
+    output_names = list(REQUIRED_OUTPUTS)
+    has_score: Final[bool]
 
-    def __new__(cls, model: AudioClassifier | None = None):
-        if cls is ServingGraph and model is not None and model.kind == "diffres":
-            cls = DiffResServingGraph
-        return super().__new__(cls)
-
-    def __init__(self, model: AudioClassifier) -> None:
+    def __init__(self, compressor: nn.Module, classifier: nn.Module, in_t_dim: int,
+                 out_t_dim: int, has_score: bool) -> None:
         super().__init__()
-        self.model = copy.deepcopy(model)
-        self.kind = model.kind
+        self.compressor = copy.deepcopy(compressor)
+        self.classifier = copy.deepcopy(classifier)
+        self.uniform_score = out_t_dim / in_t_dim
+        self.has_score = has_score
         self.eval()
 
     def _classify(self, spectrogram: Tensor, feature: Tensor | None,
                   score: Tensor | None) -> tuple[Tensor, Tensor]:
-        logits = self.model.classifier(_required(feature, "feature"))
-        frame_scores = self.model.frame_scores(spectrogram, score).squeeze(2)
+        logits = self.classifier(_required(feature, "feature"))
+        if score is None:
+            frame_scores = torch.full_like(spectrogram[:, :, 0], self.uniform_score)
+        else:
+            frame_scores = score.squeeze(2)
         return torch.softmax(logits, dim=1), frame_scores
 
     def forward(self, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model.compressor(spectrogram)
-        return self._classify(spectrogram, out["feature"], out["score"])
+        out = self.compressor(spectrogram)
+        score: Tensor | None = None
+        if self.has_score:
+            score = out["score"]
+        return self._classify(spectrogram, out["feature"], score)
 
 
-class DiffResServingGraph(ServingGraph):
-    """ServingGraph of a DiffRes model: also returns the compressed feature maps."""
+class CompressingServingGraph(ServingGraph):
+    """ServingGraph of a compressor that also returns the compressed maps (DiffRes): they
+    are what POST /compress answers."""
 
-    output_names = ["probabilities", "frame_scores", "avgpool", "maxpool", "resolution_enc"]
+    output_names = [*REQUIRED_OUTPUTS, *COMPRESSION_OUTPUTS]
 
     def forward(self, spectrogram: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        out = self.model.compressor(spectrogram)
-        probabilities, frame_scores = self._classify(spectrogram, out["feature"], out["score"])
+        out = self.compressor(spectrogram)
+        score: Tensor | None = None
+        if self.has_score:
+            score = out["score"]
+        probabilities, frame_scores = self._classify(spectrogram, out["feature"], score)
         return (probabilities, frame_scores, _required(out["avgpool"], "avgpool"),
                 _required(out["maxpool"], "maxpool"),
                 _required(out["resolution_enc"], "resolution_enc"))
+
+
+def serving_graph(compressor: nn.Module, classifier: nn.Module, in_t_dim: int,
+                  out_t_dim: int, keys: Sequence[str]) -> ServingGraph:
+    """The graph for a compressor whose dict output holds ``keys`` (from a dry run)."""
+    cls = CompressingServingGraph if set(COMPRESSION_OUTPUTS) <= set(keys) else ServingGraph
+    return cls(compressor, classifier, in_t_dim, out_t_dim, has_score="score" in keys)

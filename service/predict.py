@@ -15,12 +15,10 @@ import numpy as np
 import orjson
 
 from service.errors import DiffresError
-from service.manifest import Manifest, verify_artifacts
+from service.manifest import BACKENDS, Manifest, verify_artifacts
 from service.serving.audio import decode_audio
 from service.serving.backends import make_backend
 from service.serving.windowing import split_windows, top_k
-
-ARTIFACTS = {"onnx": ("frontend.onnx", "model.onnx"), "torchscript": ("frontend.pt", "model.pt")}
 
 
 class Predictor:
@@ -31,7 +29,7 @@ class Predictor:
         problems = verify_artifacts(directory, self.manifest)
         if problems:
             raise ValueError(f"{directory}: " + "; ".join(problems))
-        frontend_file, model_file = ARTIFACTS[backend]
+        frontend_file, model_file = BACKENDS[backend].frontend, BACKENDS[backend].model
         self.frontend = self._load(directory, frontend_file, backend, device,
                                    self.manifest.frontend_inputs)
         self.model = self._load(directory, model_file, backend, device, self.manifest.inputs)
@@ -46,10 +44,9 @@ class Predictor:
 
     def classify(self, wave: np.ndarray, batch_size: int = 32) -> dict:
         """[N] mono samples at the model's rate -> clip and per-window probabilities."""
-        spec = self.manifest.frontend
         mel = next(iter(self.frontend.run(wave[np.newaxis].astype(np.float32)).values()))[0]
         windows, _ = split_windows(mel, self.manifest.compressor.in_t_dim,
-                                   float(np.log(spec.log_floor)))
+                                   np.asarray(self.manifest.frontend.silence, np.float32))
         probs = np.concatenate([self.model.run(windows[i:i + batch_size])["probabilities"]
                                 for i in range(0, len(windows), batch_size)])
         return {"probabilities": probs.mean(axis=0), "windows": len(windows)}
@@ -90,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a model version directory, e.g. model_store/kws12-diffres/1")
     parser.add_argument("files", nargs="+", help="audio files (any libsndfile format)")
     parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--backend", choices=sorted(ARTIFACTS), default="onnx")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="onnx")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--max-seconds", type=float, default=3600.0,
                         help="refuse longer files (default one hour)")

@@ -28,12 +28,15 @@ def export_test_model(kind: str, out_dir: Path, name: str, seed: int) -> Path:
     from service.frontend import LogMel
     from service.pipeline import AudioClassifier
 
-    torch.manual_seed(seed)
-    model = AudioClassifier.build(kind, IN_T_DIM, N_MELS, RATE, len(LABELS), width=8).eval()
+    # Module- and session-scoped fixtures call this at a point that depends on the test
+    # order: seed a forked RNG, so the tests that run after it see the global RNG as before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AudioClassifier.build(kind, IN_T_DIM, N_MELS, RATE, len(LABELS), width=8).eval()
     frontend = LogMel(sample_rate=SAMPLE_RATE, n_mels=N_MELS, hop_length=HOP)
-    export_model_dir(model, frontend, out_dir, name=name, version=int(out_dir.name),
-                     labels=LABELS, metrics={"note": "untrained test model"}, dataset={},
-                     training={"seed": seed})
+    export_model_dir(model.compressor, model.classifier, frontend, out_dir, name=name,
+                     version=int(out_dir.name), labels=LABELS,
+                     metrics={"note": "untrained test model"}, training={"seed": seed})
     return out_dir
 
 

@@ -1,5 +1,7 @@
 """AudioClassifier and ServingGraph: every compressor kind trains, scripts and exports."""
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -7,12 +9,16 @@ import torch
 
 from service.diffres import DiffRes, FullResolution
 from service.export import export_onnx
+from service.manifest import COMPRESSOR_KINDS
 from service.pipeline import (
     COMPRESSORS,
     AudioClassifier,
-    DiffResServingGraph,
+    CompressingServingGraph,
+    FeatureOnly,
     ServingGraph,
     build_compressor,
+    compressor_kind,
+    serving_graph,
 )
 
 T, F, RATE, CLASSES = 101, 40, 0.5, 6
@@ -25,6 +31,14 @@ def log_mel_like(b: int, seed: int = 0) -> torch.Tensor:
     x = torch.randn(b, T, F, generator=g) * 1.5 - 4.0
     x[0, 30:50] = float(np.log(1e-6))
     return x
+
+
+def graph_of(model: AudioClassifier) -> ServingGraph:
+    """The serving graph export builds: the compressor's keys from a dry run."""
+    with torch.no_grad():
+        out = copy.deepcopy(model).eval().compressor(log_mel_like(1))
+    keys = [k for k, v in out.items() if v is not None]
+    return serving_graph(model.compressor, model.classifier, T, model.out_t_dim, keys)
 
 
 def build(kind: str, seed: int = 0) -> AudioClassifier:
@@ -72,8 +86,8 @@ def test_scripted_match_eager(kind):
     for key, value in model(x).items():
         torch.testing.assert_close(scripted(x)[key], value, rtol=0, atol=1e-5)
 
-    graph = ServingGraph(model)
-    assert isinstance(graph, DiffResServingGraph) == (kind == "diffres")
+    graph = graph_of(model)
+    assert isinstance(graph, CompressingServingGraph) == (kind == "diffres")
     eager = graph(x)
     assert len(eager) == len(graph.output_names) == (5 if kind == "diffres" else 2)
     assert eager[0].shape == (3, CLASSES) and eager[1].shape == (3, T)
@@ -84,7 +98,7 @@ def test_scripted_match_eager(kind):
 
 def test_serving_graph_copies_in_eval_mode():
     model = build("diffres").train()
-    graph = ServingGraph(model)
+    graph = graph_of(model)
     assert model.training and not graph.training
     assert graph.output_names[2:] == ["avgpool", "maxpool", "resolution_enc"]
     x = log_mel_like(2)
@@ -103,7 +117,7 @@ def test_kind_must_be_known():
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "diffres"])  # DiffRes: test_export
 def test_onnx_dynamic_batch(kind, tmp_path):
-    graph = ServingGraph(build(kind))
+    graph = graph_of(build(kind))
     names = ["spectrogram", *graph.output_names]
     path = tmp_path / "model.onnx"
     export_onnx(graph, log_mel_like(3), path, names[:1], names[1:],
@@ -114,3 +128,31 @@ def test_onnx_dynamic_batch(kind, tmp_path):
         x = log_mel_like(batch, seed=batch)
         for a, b in zip(session.run(None, {"spectrogram": x.numpy()}), graph(x), strict=True):
             np.testing.assert_allclose(a, b.detach().numpy(), rtol=0, atol=1e-4)
+
+
+def test_our_kinds_are_the_contracts_kinds_but_custom():
+    assert sorted([*KINDS, "custom"]) == sorted(COMPRESSOR_KINDS)
+
+
+def test_kinds_of_our_compressors_and_others():
+    assert [compressor_kind(build_compressor(k, T, F, RATE)) for k in KINDS] == KINDS
+    assert compressor_kind(torch.nn.Identity()) == "custom"
+
+
+def test_a_compressor_returning_a_tensor_serves_uniform_scores():
+    """A compressor of the user's that returns only its feature map still serves: every frame
+    gets the uniform score t / T."""
+    pool = torch.nn.AvgPool2d((2, 1))
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(CLASSES))
+    feature = pool(log_mel_like(1).unsqueeze(1))
+    classifier(feature)  # materialise the lazy layer
+    graph = serving_graph(FeatureOnly(torch.nn.Sequential(_Unsqueeze(), pool)), classifier, T,
+                          feature.shape[-2], ["feature"])
+    probabilities, scores = torch.jit.script(graph)(log_mel_like(2))
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(2))
+    assert torch.all(scores == feature.shape[-2] / T)
+
+
+class _Unsqueeze(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1)

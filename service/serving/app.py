@@ -1,5 +1,8 @@
 """``create_app(settings)``: assembles routers, middleware, error mapping and the lifespan
-that loads (and at shutdown drains and releases) the models. Nothing else lives here."""
+that loads (and at shutdown drains and releases) the models. Nothing else lives here.
+
+The lifespan's startup fails (uvicorn exits with status 3) when ``default_model`` is not in
+the store; see ``ModelRepository.check_default_model``."""
 
 import asyncio
 import contextlib
@@ -29,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("settings: %s", settings.masked())
+        repository.check_default_model()  # fails the startup: see repository.py
         loader = asyncio.create_task(repository.start(), name="load-models")
         app.state.loader = loader
         try:

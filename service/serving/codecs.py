@@ -1,7 +1,8 @@
 """Spectrogram bodies -> validated float32 [T, F] arrays (JSON and .npy), and the value range
 every model input must respect.
 
-Values are in the model's front-end units (natural-log mel power); nothing is rescaled. Both
+Values are in the model's front-end units (natural-log mel power for ours; the manifest's
+``frontend.value_range`` says what a model accepts); nothing is rescaled. Both
 parsers refuse a body that holds more than ``max_values`` numbers before building the array:
 JSON by counting separators, .npy by reading its header (whose declared size must also match
 the body exactly: nothing is truncated or padded).
@@ -14,11 +15,8 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from service.manifest import LOG_MEL_RANGE
 
-# Accepted log-mel values. The front end gives >= log(log_floor) (~ -13.8) and ~ 11 for
-# full-scale audio; 50 would need audio ~1e8 times full scale, and untrained models overflow
-# (NaN) from ~70. Below, anything a log with another floor could give is accepted.
-LOG_MEL_RANGE = (-1000.0, 50.0)
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -78,7 +76,8 @@ def spectrogram_from_npy(data: bytes, max_values: int | None = None) -> np.ndarr
     return array.reshape(shape, order="F" if fortran_order else "C").astype(np.float32)
 
 
-def validate_spectrogram(array: np.ndarray, n_mels: int, max_frames: int) -> np.ndarray:
+def validate_spectrogram(array: np.ndarray, n_mels: int, max_frames: int,
+                         value_range: tuple[float, float] = LOG_MEL_RANGE) -> np.ndarray:
     """Checks shape [T, n_mels] with 1 <= T <= max_frames, finiteness and value range."""
     if array.ndim != 2:
         raise InvalidInput(f"spectrogram must be 2-D [T, F], got shape {list(array.shape)}")
@@ -93,20 +92,23 @@ def validate_spectrogram(array: np.ndarray, n_mels: int, max_frames: int) -> np.
     extremes = np.array([array.min(), array.max()], dtype=np.float64)
     if not np.isfinite(extremes).all():
         raise InvalidInput("spectrogram contains NaN or Inf")
-    _check_extremes(*extremes, "spectrogram")
+    _check_extremes(*extremes, "spectrogram", value_range)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def check_range(log_mel: np.ndarray, source: str) -> None:
-    """Refuse log-mel values outside ``LOG_MEL_RANGE`` (and NaN/Inf), from ``source``."""
+def check_range(log_mel: np.ndarray, source: str,
+                value_range: tuple[float, float] = LOG_MEL_RANGE) -> None:
+    """Refuse front-end values outside ``value_range`` (and NaN/Inf), from ``source``."""
     extremes = (float(log_mel.min()), float(log_mel.max())) if log_mel.size else (math.nan,) * 2
-    _check_extremes(*extremes, source)
+    _check_extremes(*extremes, source, value_range)
 
 
-def _check_extremes(lowest: float, highest: float, source: str) -> None:
-    low, high = LOG_MEL_RANGE
+def _check_extremes(lowest: float, highest: float, source: str,
+                    value_range: tuple[float, float]) -> None:
+    low, high = value_range
     if low <= lowest and highest <= high:  # False for NaN
         return
-    hint = " (samples should lie within [-1, 1])" if source == "audio" else ""
-    raise InvalidInput(f"{source} level out of range: log-mel values must lie within "
+    hint = " (samples should lie within [-1, 1])" if source == "audio" else (
+        " (in the units of this model's front end)")
+    raise InvalidInput(f"{source} level out of range: values must lie within "
                        f"[{low:g}, {high:g}]{hint}")

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 
 from service.errors import (
     ClientDisconnected,
+    ConfigError,
     DeadlineExceeded,
     DiffresError,
     InferenceFailed,
@@ -35,6 +36,7 @@ STATUS: dict[type[DiffresError], int] = {
     InvalidInput: 422,
     ClientDisconnected: 499,  # nginx's "client closed request"; nobody reads it
     InferenceFailed: 500,
+    ConfigError: 500,  # a startup failure; listed so every domain error has a status
     NotReady: 503,
     Overloaded: 503,
     DeadlineExceeded: 504,

@@ -24,6 +24,7 @@ from service.errors import (
     Overloaded,
     PayloadTooLarge,
 )
+from service.manifest import FRAME_SCORES, PROBABILITIES
 from service.serving import windowing as W
 from service.serving.audio import decode_audio, resample
 from service.serving.codecs import (
@@ -138,7 +139,8 @@ class InferenceService:
             raise InvalidInput(f"windows must be [B, {c.in_t_dim}, {f.n_mels}], got "
                                f"{list(windows.shape)}")
         spec = await self.offload(validate_spectrogram, windows.reshape(-1, windows.shape[2]),
-                                  f.n_mels, self._max_frames(model), deadline=deadline)
+                                  f.n_mels, self._max_frames(model), f.value_range,
+                                  deadline=deadline)
         (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline)
         return {name: np.stack([r[name] for r in p.results]) for name in p.results[0]}
 
@@ -193,7 +195,7 @@ class InferenceService:
         parse = spectrogram_from_json if payload.kind == "json" else spectrogram_from_npy
         max_frames = self._max_frames(model)
         spec = validate_spectrogram(parse(payload.data, max_frames * f.n_mels), f.n_mels,
-                                    max_frames)
+                                    max_frames, f.value_range)
         return spec, spec.shape[0] * f.frame_hop_seconds
 
     def _waveform_features(self, model: ServedModel, waves: np.ndarray,
@@ -224,7 +226,7 @@ class InferenceService:
         if mel.shape != (expected, f.n_mels):
             raise InferenceFailed(f"front end gave {list(mel.shape)}, expected "
                                   f"[{expected}, {f.n_mels}]")
-        check_range(mel, "audio")  # NaN/Inf or overflowing audio never reaches the model
+        check_range(mel, "audio", f.value_range)  # NaN/Inf or overflow never reaches the model
         return np.ascontiguousarray(mel, np.float32)
 
     def _count(self, p: Prepared) -> None:
@@ -236,13 +238,13 @@ class InferenceService:
 
 def _kept(p: Prepared) -> list[int]:
     out_len = p.model.manifest.compressor.out_t_dim
-    return [W.kept_steps(r["frame_scores"], int(v), out_len)
+    return [W.kept_steps(r[FRAME_SCORES], int(v), out_len)
             for r, v in zip(p.results, p.valid, strict=True)]
 
 
 def _common(p: Prepared) -> dict:
     frames = p.features.shape[0]
-    scores = W.frame_scores([r["frame_scores"] for r in p.results], frames)
+    scores = W.frame_scores([r[FRAME_SCORES] for r in p.results], frames)
     return {"model": p.model.name, "version": p.model.version,
             "frame_hop_seconds": p.model.manifest.frontend.frame_hop_seconds,
             "duration_seconds": p.duration_s, "input_frames": frames, "frame_scores": scores}
@@ -251,7 +253,7 @@ def _common(p: Prepared) -> dict:
 def classify_result(p: Prepared, top_k: int) -> dict:
     """Clip probabilities are the plain mean of the windows' probabilities."""
     labels = p.model.manifest.labels
-    probs = np.stack([r["probabilities"] for r in p.results]).astype(np.float64)
+    probs = np.stack([r[PROBABILITIES] for r in p.results]).astype(np.float64)
     clip = probs.mean(axis=0)
     hop = p.model.manifest.frontend.frame_hop_seconds
     size = p.model.manifest.compressor.in_t_dim
@@ -268,9 +270,9 @@ def classify_result(p: Prepared, top_k: int) -> dict:
 def clip_outputs(prepared: list[Prepared]) -> dict[str, np.ndarray]:
     """Clips of one length -> probabilities [B, C] (each the mean over its windows, as in
     classify_result) and frame_scores [B, T] (padding left out)."""
-    probs = [np.stack([r["probabilities"] for r in p.results]).astype(np.float64).mean(axis=0)
+    probs = [np.stack([r[PROBABILITIES] for r in p.results]).astype(np.float64).mean(axis=0)
              for p in prepared]
-    scores = [W.frame_scores([r["frame_scores"] for r in p.results], p.features.shape[0])
+    scores = [W.frame_scores([r[FRAME_SCORES] for r in p.results], p.features.shape[0])
               for p in prepared]
     return {"probabilities": np.stack(probs).astype(np.float32),
             "frame_scores": np.stack(scores)}
@@ -285,7 +287,7 @@ def compress_result(p: Prepared) -> dict:
                                         W.window_times(p.valid, size, hop), strict=True):
         windows.append({"start_seconds": start, "end_seconds": end, "input_frames": int(v),
                         "output_frames": kept,
-                        "activeness": W.activeness(r["frame_scores"], int(v)),
+                        "activeness": W.activeness(r[FRAME_SCORES], int(v)),
                         "avgpool": r["avgpool"][:kept], "maxpool": r["maxpool"][:kept],
                         "resolution_enc": r["resolution_enc"][:kept]})
     return _common(p) | {"output_frames": sum(w["output_frames"] for w in windows),

@@ -1,34 +1,53 @@
 """The model repository: which model versions are served, their workers, batchers and
-front ends, and their load state. ``start()`` loads and warms every selected version;
-``reload()`` applies what changed in the store since; ``stop()`` drains batchers and
-releases workers. No HTTP here.
+front ends, and their load state. ``start()`` loads and warms the versions that
+``version_policy`` selects; ``reload()`` applies what changed in the store since; ``stop()``
+drains batchers and releases workers. No HTTP here.
+
+Version policy (``Settings.version_policy``, as Triton's): ``latest`` serves the newest
+version of each model that loads (versions are tried newest first; an older one serves only
+when every newer one fails), ``all`` every version, ``specific:1,3`` those versions. A
+version present but not selected is listed with state ``not_selected`` and the reason; it
+gets no workers, and the thread plan divides the cores among the served versions only.
 
 Hot reload (``reload(name)``, and every ``poll_interval_s`` when set): a new or changed
 version is loaded and warmed first, then swapped in (``resolve`` sees it at once); a version
 gone from the store, or replaced, is hidden from ``resolve`` and released after a grace
 period (every request that started before has finished, see ``inflight.py``) and after its
-batcher has drained. A version that fails to load never replaces a serving one.
+batcher has drained. A version that fails to load never replaces a serving one. Reloads follow
+the policy: under ``latest`` a new newest version that loads replaces the served one, which
+becomes ``not_selected``; if the served one leaves the store, the next newest is loaded.
+
+Default model (``default_model``): a store that does not hold it is a configuration error,
+found by ``missing_default_model`` with one directory listing. ``check_default_model`` (run
+by the app before anything loads) makes startup fail with a message naming the model, the
+store and the models it holds: a typo in the setting or a wrong store mount then shows up as
+a failed deploy at once, not as a server that answers 404 to every request without
+``model=``. The one exception is ``poll_interval_s > 0`` with the model allowed by
+``models``: the store is then expected to change under a running server, so it starts, logs
+the same message, and stays unready (``/readyz`` 503 with the message) until polling finds
+the model. A default model that is in the store but has no version serving (every selected
+version failed to load) also keeps the server unready: that is known only after loading,
+which runs after startup so that liveness answers meanwhile, and a reload can fix it.
 """
 
 import asyncio
 import contextlib
 import logging
-import math
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from service.config import Settings
-from service.errors import ModelNotFound, NotReady
-from service.manifest import Manifest
+from service.config import Settings, VersionPolicy
+from service.errors import ConfigError, ModelNotFound, NotReady
+from service.manifest import BACKENDS, COMPRESSION_OUTPUTS, SPECTROGRAM, WAVEFORM, Manifest
 from service.serving.backends import Backend, make_backend
 from service.serving.batcher import Batcher
 from service.serving.inflight import InFlight
 from service.serving.metrics import Metrics
 from service.serving.store import (
-    ARTIFACTS,
-    COMPRESSION_OUTPUTS,
     StoreEntry,
     load_entry,
     model_names,
@@ -46,6 +65,32 @@ from service.serving.workers import (
 
 log = logging.getLogger(__name__)
 LOADING, READY, FAILED, UNLOADING, STOPPED = "loading", "ready", "failed", "unloading", "stopped"
+NOT_SELECTED = "not_selected"  # in the store, not selected by version_policy: never loaded
+
+
+def planned_versions(policy: VersionPolicy, entries: list[StoreEntry]) -> int:
+    """How many model versions the policy will serve, of the scanned ``entries``: the number
+    the thread plan divides the cores by (under ``latest`` one per model with a loadable
+    version, however many versions the store holds)."""
+    loadable: dict[str, list[int]] = defaultdict(list)
+    for e in entries:
+        if e.ok:
+            loadable[e.name].append(e.version)
+    return sum(policy.served_count(versions) for versions in loadable.values())
+
+
+def missing_default_model(settings: Settings) -> str | None:
+    """Why ``default_model`` can never serve, whatever loads: the store has no directory for
+    it, or the ``models`` setting leaves it out. None when it is there."""
+    name, root = settings.default_model, Path(settings.model_store).resolve()
+    present = model_names(root)
+    if name in present and (not settings.models or name in settings.models):
+        return None
+    held = ", ".join(present) or "none"
+    if name in present:
+        return (f"default_model {name!r} is left out by the models setting "
+                f"({','.join(settings.models)}); the model store {root} holds: {held}")
+    return f"default_model {name!r} is not in the model store {root}; models present: {held}"
 
 
 @dataclass
@@ -73,9 +118,9 @@ class ServedModel:
         return self.entry.manifest
 
     @property
-    def pad_value(self) -> float:
-        """Log-mel value of digital silence: the front end's floor."""
-        return math.log(self.manifest.frontend.log_floor)
+    def pad_value(self) -> np.ndarray:
+        """[F]: the front end's output for digital silence, what pads a short window."""
+        return np.asarray(self.manifest.frontend.silence, np.float32)
 
     @property
     def can_compress(self) -> bool:
@@ -94,7 +139,9 @@ class ServedModel:
                                "frame_hop_seconds": m.frontend.frame_hop_seconds,
                                "window_frames": m.compressor.in_t_dim,
                                "window_output_frames": m.compressor.out_t_dim,
-                               "pad_value": self.pad_value},
+                               "pad_value": m.frontend.silence,
+                               "frontend": m.frontend.type,
+                               "value_range": m.frontend.value_range},
                      "outputs": [o.name for o in m.outputs],
                      "operations": ["classify"] + (["compress"] if self.can_compress else []),
                      "metrics": m.metrics}
@@ -116,11 +163,37 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Loading finished and every model has a version serving."""
+        """Loading finished, every model has a version serving, the default model too."""
         if not self.loaded.is_set() or not self.models:
             return False
         serving = {n for (n, _), m in self.models.items() if m.state == READY}
-        return all(n in serving for n, _ in self.models)
+        return self.settings.default_model in serving and all(n in serving
+                                                              for n, _ in self.models)
+
+    def check_default_model(self) -> None:
+        """Before loading: raise ``ConfigError`` if ``default_model`` is not in the store (or
+        left out by ``models``), unless polling may still bring it in (see the module
+        docstring for why)."""
+        problem = missing_default_model(self.settings)
+        if problem is None:
+            return
+        s = self.settings
+        if s.poll_interval_s > 0 and (not s.models or s.default_model in s.models):
+            log.error("%s; not ready until polling (every %g s) finds it", problem,
+                      s.poll_interval_s)
+            return
+        problem += ("; set default_model (DIFFRES_DEFAULT_MODEL, --default-model) to one of "
+                    "them or add the model to the store")
+        log.critical("refusing to start: %s", problem)
+        raise ConfigError(problem)
+
+    def default_model_problem(self) -> str | None:
+        """Why the default model does not serve, for /readyz; None when it does."""
+        name = self.settings.default_model
+        if any(n == name and m.state == READY for (n, _), m in self.models.items()):
+            return None
+        return missing_default_model(self.settings) or (
+            f"default_model {name!r} has no version serving")
 
     async def start(self) -> None:
         s = self.settings
@@ -139,10 +212,48 @@ class ModelRepository:
             log.error("no model found in %s", s.model_store)
         devices = resolve_devices(s.devices, await asyncio.to_thread(visible_gpu_count, s.backend))
         self._specs = plan_workers(devices, s.instances_per_device, os.cpu_count() or 1,
-                                   models=sum(e.ok for e in entries),
+                                   models=planned_versions(s.version_policy, entries),
                                    intra_op_threads=s.intra_op_threads)
-        for served in self.models.values():
+        for name in dict.fromkeys(e.name for e in entries):
+            await self._load_selected(name)
+
+    async def _load_selected(self, name: str) -> None:
+        """Load the versions of ``name`` that the policy selects, newest first (under
+        ``latest``, until one serves); mark the others not selected."""
+        policy = self.settings.version_policy
+        group = sorted((m for (n, _), m in self.models.items() if n == name),
+                       key=lambda m: m.version, reverse=True)
+        chosen = None
+        for served in group:
+            if served.version > 0 and not self._selected(served.version, chosen):
+                self._skip(served, self._skip_reason(chosen))
+                continue
             await self._load(served)
+            if served.state == READY:
+                chosen = served.version
+        if policy.kind == "specific":
+            absent = [v for v in policy.versions if all(m.version != v for m in group)]
+            if absent:
+                log.warning("version_policy=%s: model %s has no version %s in the store",
+                            policy, name, ",".join(map(str, absent)))
+
+    def _selected(self, version: int, chosen: int | None) -> bool:
+        """Whether to load ``version``, given the version already chosen to serve (under
+        ``latest``, every version older than the one serving is not selected)."""
+        policy = self.settings.version_policy
+        return policy.wants(version) and not (policy.kind == "latest" and chosen is not None
+                                              and version < chosen)
+
+    def _skip_reason(self, chosen: int | None) -> str:
+        policy = self.settings.version_policy
+        if policy.kind == "latest" and chosen is not None:
+            return f"not selected by version_policy=latest (version {chosen} is served)"
+        return f"not selected by version_policy={policy}"
+
+    @staticmethod
+    def _skip(served: ServedModel, reason: str) -> None:
+        served.state, served.reason = NOT_SELECTED, reason
+        log.info("model %s/%s is not loaded: %s", served.name, served.version, reason)
 
     async def _load(self, served: ServedModel) -> None:
         if not served.entry.ok:
@@ -180,12 +291,12 @@ class ModelRepository:
     def _backend(self, served: ServedModel, role: str, spec: WorkerSpec,
                  threads: int | None = None) -> Backend:
         m = served.manifest
-        model_file, frontend_file = ARTIFACTS[served.backend]
+        files = BACKENDS[served.backend]
         if role == "model":
-            path, inp, outs = model_file, "spectrogram", [o.name for o in m.outputs]
+            path, inp, outs = files.model, SPECTROGRAM, [o.name for o in m.outputs]
         else:
-            path = frontend_file
-            inp = m.frontend_inputs[0].name if m.frontend_inputs else "waveform"
+            path = files.frontend
+            inp = m.frontend_inputs[0].name if m.frontend_inputs else WAVEFORM
             outs = [o.name for o in m.frontend_outputs] or None
         inp = m.inputs[0].name if role == "model" and m.inputs else inp
         return make_backend(served.backend, served.entry.path / path, inp, outs,
@@ -228,18 +339,28 @@ class ModelRepository:
                     served.state = STOPPED
 
     def resolve(self, name: str, version: int | None) -> ServedModel:
-        """The served version (latest ready one when ``version`` is None)."""
+        """The served version (latest ready one when ``version`` is None). 404 for a version
+        not in the store or not selected by the policy (the message says which)."""
         versions = {v: m for (n, v), m in self.models.items() if n == name and v > 0}
         if not versions:
             known = sorted({n for n, _ in self.models})
-            raise ModelNotFound(f"unknown model {name!r}; known models: {known}")
+            why = ""
+            if name == self.settings.default_model:
+                why = (f" (it is the default model; "
+                       f"{missing_default_model(self.settings) or 'it is not loaded'})")
+            raise ModelNotFound(f"unknown model {name!r}; known models: {known}{why}")
+        selected = [v for v, m in versions.items() if m.state != NOT_SELECTED]
         if version is None:
             ready = [v for v, m in versions.items() if m.state == READY]
-            version = max(ready) if ready else max(versions)
+            version = max(ready or selected or versions)
         served = versions.get(version)
+        serving = sorted(v for v, m in versions.items() if m.state == READY)
         if served is None:
-            raise ModelNotFound(f"model {name!r} has no version {version}; versions: "
-                                f"{sorted(versions)}")
+            raise ModelNotFound(f"model {name!r} has no version {version}; versions in the "
+                                f"store: {sorted(versions)}, served: {serving}")
+        if served.state == NOT_SELECTED:
+            raise ModelNotFound(f"model {name!r} version {version} is not served: "
+                                f"{served.reason}; served: {serving}")
         if served.state != READY:
             why = f": {served.reason}" if served.reason else ""
             raise NotReady(f"model {name}/{version} is {served.state}{why}")
@@ -274,27 +395,43 @@ class ModelRepository:
         return [name]
 
     async def _reload_model(self, name: str) -> dict:
+        """Versions are considered newest first. Selected ones that are new or changed are
+        loaded (under ``latest``, until one serves); then the versions the policy does not
+        select (under ``latest``: older than the one serving) are hidden and retired, and
+        versions gone from the store are too. Loads come first, so requests without
+        ``version`` always find one serving."""
         report: dict = {"loaded": [], "unloaded": [], "failed": {}, "unchanged": []}
         disk = await asyncio.to_thread(version_dirs, self.settings.model_store / name)
         current = {v: m for (n, v), m in self.models.items() if n == name}
-        for version, path in sorted(disk.items()):
+        chosen = None
+        for version, path in sorted(disk.items(), reverse=True):
+            if not self._selected(version, chosen):
+                continue
             sig = await asyncio.to_thread(signature, path)
             old = current.get(version)
-            if (old is not None and old.entry.signature == sig) or \
-                    self._rejected.get((name, version)) == sig:
+            if (old is not None and old.state != NOT_SELECTED and old.entry.signature == sig) \
+                    or self._rejected.get((name, version)) == sig:
                 report["unchanged"].append(version)
-                continue
-            new = await self._load_version(name, version, path, old)
-            if new.state == READY:
-                report["loaded"].append(version)
             else:
-                report["failed"][str(version)] = new.reason  # JSON object keys are strings
+                new = await self._load_version(name, version, path, old)
+                if new.state == READY:
+                    report["loaded"].append(version)
+                else:
+                    report["failed"][str(version)] = new.reason  # JSON object keys are strings
+            served = self.models.get((name, version))
+            if served is not None and served.state == READY:
+                chosen = version
+        for version, path in disk.items():
+            if not self._selected(version, chosen):
+                self._deselect(name, version, path, self._skip_reason(chosen), report)
         for version, old in current.items():
             if version not in disk:
                 del self.models[(name, version)]
-                if version > 0:
+                if version > 0 and old.state != NOT_SELECTED:
                     self._retire(old)
                     report["unloaded"].append(version)
+        for key in ("loaded", "unloaded", "unchanged"):
+            report[key].sort()
         if not disk and name in self.settings.models:  # configured, but nothing on disk
             self.models[(name, 0)] = ServedModel(StoreEntry(
                 name, 0, self.settings.model_store / name,
@@ -319,6 +456,20 @@ class ModelRepository:
         if old is not None:
             self._retire(old)
         return new
+
+    def _deselect(self, name: str, version: int, path: Path, reason: str, report: dict) -> None:
+        """Show ``name/version`` as not selected; retire it if it was serving."""
+        current = self.models.get((name, version))
+        if current is not None and current.state == NOT_SELECTED:
+            current.reason = reason
+            return
+        entry = current.entry if current is not None else StoreEntry(name, version, path)
+        self.models[(name, version)] = ServedModel(entry, state=NOT_SELECTED, reason=reason,
+                                                   backend=self.settings.backend)
+        if current is not None and current.state == READY:
+            self._retire(current)
+            report["unloaded"].append(version)
+            log.info("%s/%s is no longer served: %s", name, version, reason)
 
     def _retire(self, served: ServedModel) -> None:
         """Hide ``served`` (done by the caller) and release it in the background once the

@@ -7,6 +7,8 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
+from service.manifest import COMPRESSION_OUTPUTS
+
 NPZ = "application/x-npz"
 
 
@@ -32,7 +34,7 @@ def compress_npz(result: dict) -> bytes:
         "output_frames": np.asarray(result["output_frames"], np.int64),
         "frame_hop_seconds": np.asarray(result["frame_hop_seconds"]),
     }
-    for key in ("avgpool", "maxpool", "resolution_enc"):
+    for key in COMPRESSION_OUTPUTS:
         arrays[key] = np.concatenate([w[key] for w in windows]).astype(np.float32, copy=False)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)

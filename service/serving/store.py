@@ -16,15 +16,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.manifest import MANIFEST_FILE, Manifest, verify_artifacts
+from service.manifest import (
+    BACKENDS,
+    MANIFEST_FILE,
+    REQUIRED_OUTPUTS,
+    Manifest,
+    verify_artifacts,
+)
 
-ARTIFACTS = {
-    "onnx": ("model.onnx", "frontend.onnx"),
-    "torchscript": ("model.pt", "frontend.pt"),
-}
-COMPRESSION_OUTPUTS = ("avgpool", "maxpool", "resolution_enc")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # no "/", no leading "."
-REQUIRED_OUTPUTS = ("probabilities", "frame_scores")
 
 
 @dataclass
@@ -111,9 +111,10 @@ def check_manifest(manifest: Manifest, name: str, version: int, backend: str) ->
     if manifest.name != name or manifest.version != version:
         problems.append(f"manifest says {manifest.name}/{manifest.version}, directory says "
                         f"{name}/{version}")
-    for artifact in ARTIFACTS[backend]:
-        if artifact not in manifest.artifacts:
-            problems.append(f"{artifact}: not listed in manifest (needed by backend {backend})")
+    if backend not in manifest.backends:
+        problems.append(f"exported without {backend} ({', '.join(BACKENDS[backend])} not in the "
+                        f"manifest; it holds {manifest.backends or 'no complete backend'}): "
+                        f"serve it with DIFFRES_BACKEND={(manifest.backends or [backend])[0]}")
     outputs = {o.name for o in manifest.outputs}
     problems.extend(f"output {o!r} missing" for o in REQUIRED_OUTPUTS if o not in outputs)
     if not manifest.labels:

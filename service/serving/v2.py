@@ -29,13 +29,19 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMedia
-from service.manifest import Manifest
+from service.manifest import (
+    FRAME_SCORES,
+    PROBABILITIES,
+    REQUIRED_OUTPUTS,
+    SPECTROGRAM,
+    WAVEFORM,
+    Manifest,
+)
 
 FP32, BYTES = "FP32", "BYTES"
-SPECTROGRAM, WAVEFORM = "spectrogram", "waveform"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 EXTENSIONS = ["binary_tensor_data", "classification", "parameters"]
-CLIP_OUTPUTS = ("probabilities", "frame_scores")  # what a waveform input gives
+CLIP_OUTPUTS = REQUIRED_OUTPUTS  # what a waveform input gives
 HEADER_LENGTH = "inference-header-content-length"
 _LE_F32 = np.dtype("<f4")
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -284,7 +290,7 @@ def _requested(request: InferRequest, manifest: Manifest,
         if o.name not in available:
             raise InvalidParameter(f"output {o.name!r} needs {SPECTROGRAM} windows; a "
                                    f"{WAVEFORM} gives {list(CLIP_OUTPUTS)}")
-        if o.class_count and o.name != "probabilities":
+        if o.class_count and o.name != PROBABILITIES:
             raise InvalidParameter(f"classification applies to 'probabilities', not {o.name!r}")
         binary = request.binary_output if o.binary is None else o.binary
         outputs.append(RequestedOutput(o.name, binary, min(o.class_count, len(manifest.labels))))
@@ -337,7 +343,7 @@ def model_metadata(manifest: Manifest, backend: str, versions: list[int]) -> dic
     ``frame_scores`` is [-1, -1]: [B, in_t_dim] for windows, [B, T] for waveforms."""
     c = manifest.compressor
     outputs = [{"name": o.name, "datatype": FP32,
-                "shape": [-1, -1] if o.name == "frame_scores" else list(o.shape)}
+                "shape": [-1, -1] if o.name == FRAME_SCORES else list(o.shape)}
                for o in manifest.outputs]
     return {"name": manifest.name, "versions": [str(v) for v in sorted(versions)],
             "platform": PLATFORMS.get(backend, backend),

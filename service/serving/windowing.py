@@ -1,9 +1,9 @@
 """Pure array work of the data plane: cut [T, F] into model windows, put the answers back.
 
 A long input is split into windows of ``size`` frames; the last is padded with the front
-end's silence value ``log(log_floor)``. Padding never reaches a result: frame scores are
-cut back to T, and the compressed maps of a padded window keep only the output steps that
-hold a real frame (see ``kept_steps``).
+end's output for digital silence (the manifest's ``frontend.silence``, per band). Padding
+never reaches a result: frame scores are cut back to T, and the compressed maps of a padded
+window keep only the output steps that hold a real frame (see ``kept_steps``).
 """
 
 import math
@@ -11,9 +11,10 @@ import math
 import numpy as np
 
 
-def split_windows(features: np.ndarray, size: int, pad_value: float) -> tuple[np.ndarray,
-                                                                              np.ndarray]:
-    """[T, F] -> (windows [n, size, F], valid [n] real frames per window), n = ceil(T/size)."""
+def split_windows(features: np.ndarray, size: int, pad_value: float | np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """[T, F] -> (windows [n, size, F], valid [n] real frames per window), n = ceil(T/size);
+    ``pad_value`` is one value or one per band [F]."""
     frames, bins = features.shape
     n = max(1, math.ceil(frames / size))
     padded = np.full((n * size, bins), pad_value, dtype=np.float32)

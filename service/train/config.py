@@ -14,10 +14,13 @@ from typing import Any
 
 import torch
 
+from service.manifest import COMPRESSOR_KINDS
+
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s clips
 WINDOW_MS = 25.0  # n_fft = win_length = 400 at 16 kHz, whatever the hop
-COMPRESSORS = ("diffres", "avgpool", "avgmaxpool", "convavgpool", "changehopsize", "full")
+# The compressors we train: every kind of the serving contract but a user's "custom" one.
+COMPRESSORS = tuple(kind for kind in COMPRESSOR_KINDS if kind != "custom")
 CONFIG_FILE = "config.json"
 
 

@@ -26,7 +26,7 @@ from service.export import (
     onnx_runner,
     torchscript_runner,
 )
-from service.manifest import Manifest
+from service.manifest import BACKENDS, Manifest
 from service.train import checkpoint
 from service.train.config import TrainConfig
 from service.train.data import load_split
@@ -56,10 +56,9 @@ def agreement(reference: Tensor, candidate: Tensor) -> float:
 
 def format_runners(directory: Path) -> dict[str, tuple[Runner, Runner]]:
     """(front end, model) runners of each exported format in a model directory."""
-    return {"onnx": (onnx_runner(directory / "frontend.onnx"),
-                     onnx_runner(directory / "model.onnx")),
-            "torchscript": (torchscript_runner(directory / "frontend.pt"),
-                            torchscript_runner(directory / "model.pt"))}
+    runners = {"onnx": onnx_runner, "torchscript": torchscript_runner}
+    return {fmt: (runners[fmt](directory / files.frontend), runners[fmt](directory / files.model))
+            for fmt, files in BACKENDS.items()}
 
 
 def check_agreement(runners: dict[str, tuple[Runner, Runner]], eager_top1: Tensor,
@@ -97,10 +96,11 @@ def export_run(run: Path, store: Path, name: str, version: int,
     staging = final.with_name(f".{version}.verifying")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        manifest = export_model_dir(model, frontend, staging, name, version, labels,
+        manifest = export_model_dir(model.compressor, model.classifier, frontend, staging,
+                                    name, version, labels,
                                     metrics={k: result[k] for k in METRIC_KEYS},
-                                    dataset=result["dataset"], training=_training(cfg, result,
-                                                                                  run))
+                                    dataset=result["dataset"],
+                                    training=_training(cfg, result, run))
         test = load_split(Path(cfg.data), "test", labels)
         eager = predict(model, frontend, test, batch_size, torch.device("cpu")).argmax(1)
         report = check_agreement(format_runners(staging), eager, test.waves, batch_size)

@@ -111,10 +111,10 @@ def test_long_audio_is_windowed_and_padding_left_out(onnx_client):
 
 def test_compress_json_and_npz(onnx_client):
     spec = spectrogram(250)
-    r = onnx_client.post("/compress?version=1", json={"spectrogram": spec.tolist()})
+    r = onnx_client.post("/compress?version=2", json={"spectrogram": spec.tolist()})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["version"] == 1 and body["input_frames"] == 250
+    assert body["version"] == 2 and body["input_frames"] == 250
     assert len(body["frame_scores"]) == 250 and len(body["activeness"]) == 3
     w = body["windows"]
     assert [x["input_frames"] for x in w] == [101, 101, 48]
@@ -127,7 +127,7 @@ def test_compress_json_and_npz(onnx_client):
             :x["input_frames"]])
         assert x["activeness"] == pytest.approx(float(np.std(scores, ddof=1)), abs=1e-6)
 
-    r = onnx_client.post("/compress?version=1", json={"spectrogram": spec.tolist()},
+    r = onnx_client.post("/compress?version=2", json={"spectrogram": spec.tolist()},
                          headers={"accept": "application/x-npz"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
     npz = np.load(io.BytesIO(r.content))

@@ -75,6 +75,13 @@ def test_split_windows_pads_with_log_floor():
     assert W.split_windows(features[:1], 101, 0.0)[1].tolist() == [1]
 
 
+def test_split_windows_pads_each_band_with_its_silence():
+    """A normalised front end's silence differs per band: each band pads with its own."""
+    silence = np.array([-3.0, 5.0], np.float32)
+    windows, _ = W.split_windows(np.zeros((10, 2), np.float32), 8, silence)
+    assert np.all(windows[1, 2:] == silence) and np.all(windows[1, :2] == 0)
+
+
 def test_kept_steps_and_activeness():
     scores = np.full(100, 0.5, np.float32)  # sums to 50 steps
     assert W.kept_steps(scores, 100, 50) == 50
@@ -150,8 +157,9 @@ def test_every_domain_error_has_one_status():
     assert status_of(errors.Overloaded("x")) == status_of(errors.NotReady("x")) == 503
     assert status_of(errors.DeadlineExceeded("x")) == 504
     assert status_of(errors.InferenceFailed("x")) == 500
+    # Export errors belong to the offline exporter (service/export), never to a request.
     domain = [c for c in vars(errors).values() if isinstance(c, type)
-              and issubclass(c, errors.DiffresError)]
+              and issubclass(c, errors.DiffresError) and not issubclass(c, errors.ExportError)]
     assert set(domain) == set(STATUS)
 
 
@@ -168,21 +176,22 @@ class FakeRequest:
 
 def test_client_disconnect_cancels_the_work():
     async def main():
-        request, cancelled = FakeRequest(), asyncio.Event()
+        request, running, cancelled = FakeRequest(), asyncio.Event(), asyncio.Event()
 
         async def work():
+            running.set()
             try:
-                await asyncio.sleep(10)
+                await asyncio.Event().wait()  # only a cancellation ends it
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
 
         task = asyncio.create_task(until_disconnect(request, work()))
-        await asyncio.sleep(0.01)
+        await running.wait()  # the work has started: the disconnect must cancel it
         request.gone.set()
         with pytest.raises(errors.ClientDisconnected):
             await task
         assert cancelled.is_set()
         assert await until_disconnect(FakeRequest(), asyncio.sleep(0, "done")) == "done"
 
-    asyncio.run(asyncio.wait_for(main(), 5))
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -153,7 +153,7 @@ def server(model_store):
     """The app under uvicorn on a free loopback port, in a thread: ``host:port``."""
     import uvicorn
 
-    app = create_app(make_settings(model_store))
+    app = create_app(make_settings(model_store, version_policy="all"))  # versions 1 and 2
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
                                         access_log=False))
     thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)

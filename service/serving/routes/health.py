@@ -19,8 +19,8 @@ async def healthz() -> OrjsonResponse:
 @router.get("/readyz", response_class=OrjsonResponse, summary="Readiness",
             responses={503: {"description": "loading, a model failed, or draining"}})
 async def readyz(service: Service) -> OrjsonResponse:
-    """200 only when every configured model version is loaded and warm, and the server is
-    not shutting down."""
+    """200 only when the initial load has finished, every model (the default model among
+    them) has a version serving, and the server is not shutting down."""
     repo = service.repository
     if not service.accepting:
         raise NotReady("server is shutting down", code="shutting_down")
@@ -30,7 +30,8 @@ async def readyz(service: Service) -> OrjsonResponse:
                            for m in repo.describe())
         if not states:
             states = "no model found in the store" if repo.loaded.is_set() else "loading"
-        raise NotReady(f"not ready: {states}")
+        default = repo.default_model_problem() if repo.loaded.is_set() else None
+        raise NotReady(f"not ready: {default + '; ' if default else ''}{states}")
     return OrjsonResponse({"status": "ready"})
 
 

@@ -8,11 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import service.export as export
-from service.export import ExportCheckError, export_model_dir, noise_waveforms
+from service.errors import ExportCheckError, InvalidModel
+from service.export import export_model_dir, noise_waveforms
+from service.export.formats import RUNNERS
 from service.frontend import LogMel
 from service.manifest import Manifest, verify_artifacts
-from service.pipeline import AudioClassifier, ServingGraph
+from service.pipeline import AudioClassifier, serving_graph
 
 T, F, RATE = 101, 40, 0.5
 LABELS = ["dog", "rain", "siren", "speech", "silence"]
@@ -47,9 +48,9 @@ def exported(request, tmp_path_factory):
     model = trained_looking(request.param)
     frontend = LogMel()
     out_dir = tmp_path_factory.mktemp(request.param) / "model" / "1"
-    manifest = export_model_dir(model, frontend, out_dir, "model", 1, LABELS,
-                                metrics={"accuracy": 0.5}, dataset={"name": "synthetic"},
-                                training={"epochs": 0})
+    manifest = export_model_dir(model.compressor, model.classifier, frontend, out_dir, "model",
+                                1, LABELS, metrics={"accuracy": 0.5},
+                                dataset={"name": "synthetic"}, training={"epochs": 0})
     return model, frontend, out_dir, manifest
 
 
@@ -63,7 +64,9 @@ def test_directory_and_manifest(exported):
     assert manifest.compressor.kind == model.kind
     assert manifest.compressor.out_t_dim == t
     assert manifest.compressor.dimension_reduction_rate == (RATE if diffres else 0.0)
-    assert manifest.frontend == frontend.spec()
+    assert (manifest.frontend.type, manifest.frontend.sample_rate, manifest.frontend.hop_length,
+            manifest.frontend.n_mels) == ("LogMel", 16000, 160, F)
+    np.testing.assert_allclose(manifest.frontend.silence, [np.log(1e-6)] * F, rtol=1e-6)
     assert manifest.labels == LABELS
     assert [(s.name, s.shape) for s in manifest.inputs] == [("spectrogram", [-1, T, F])]
     expected = [("probabilities", [-1, len(LABELS)]), ("frame_scores", [-1, T])]
@@ -76,6 +79,8 @@ def test_directory_and_manifest(exported):
     check = manifest.metrics["export_check"]
     for fmt in ("onnx", "torchscript"):
         assert all(check["model"][fmt][n] <= 1e-4 for n in CHECKED)
+    tolerances = {s.name: s.tolerance for s in manifest.outputs}
+    assert all(check["model"]["onnx"][n] <= tolerances[n] for n in tolerances)
     # the ONNX file declares the same outputs, batch dynamic
     session = ort.InferenceSession(str(out_dir / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
@@ -87,7 +92,12 @@ def test_directory_and_manifest(exported):
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_exported_model_matches_eager(exported, batch):
     model, frontend, out_dir, manifest = exported
-    reference = ServingGraph(model)  # a fresh eval copy of the original weights
+    keys = ["feature", "score", "avgpool", "maxpool", "resolution_enc"]
+    if model.kind != "diffres":
+        keys = ["feature"]
+    # a fresh eval copy of the original weights
+    reference = serving_graph(model.compressor, model.classifier, T,
+                              manifest.compressor.out_t_dim, keys)
     x = spectrograms(frontend, batch, seed=100 + batch)
     with torch.no_grad():
         eager = [o.numpy() for o in reference(x)]
@@ -135,29 +145,41 @@ def test_manifest_round_trip_and_checksums(exported, tmp_path):
 
 
 def test_failed_check_leaves_nothing(tmp_path, monkeypatch):
-    real_runner = export.onnx_runner
+    real_runner = RUNNERS["onnx"]
 
     def off_by_a_little(path):
         run = real_runner(path)
         return lambda x: tuple(o + 1e-3 for o in run(x))
 
-    monkeypatch.setattr(export, "onnx_runner", off_by_a_little)
+    monkeypatch.setitem(RUNNERS, "onnx", off_by_a_little)
     out_dir = tmp_path / "m" / "1"
-    with pytest.raises(ExportCheckError, match="model.onnx differs"):
-        export_model_dir(trained_looking("full"), LogMel(), out_dir, "m", 1, LABELS, {}, {}, {})
+    model = trained_looking("full")
+    with pytest.raises(ExportCheckError, match="model.onnx: output 'probabilities' differs"):
+        export_model_dir(model.compressor, model.classifier, LogMel(), out_dir, "m", 1, LABELS)
     assert list((tmp_path / "m").iterdir()) == []
 
 
-def test_refuses_bad_requests(tmp_path):
+def test_refuses_labels_that_do_not_match_the_classes(tmp_path):
     model = trained_looking("avgpool")
-    with pytest.raises(ValueError, match="labels"):
-        export_model_dir(model, LogMel(), tmp_path / "a", "m", 1, LABELS[:2], {}, {}, {})
-    with pytest.raises(ValueError, match="mel bins"):
-        export_model_dir(model, LogMel(n_mels=64), tmp_path / "a", "m", 1, LABELS, {}, {}, {})
+    with pytest.raises(InvalidModel, match="gives 5 logits, but 2 labels"):
+        export_model_dir(model.compressor, model.classifier, LogMel(), tmp_path / "a", "m", 1,
+                         LABELS[:2])
+
+
+def test_refuses_a_front_end_of_other_bands(tmp_path):
+    model = trained_looking("avgpool")
+    with pytest.raises(InvalidModel, match=r"compressor \(AvgPool\) fails on a \[1, 101, 64\]"):
+        export_model_dir(model.compressor, model.classifier, LogMel(n_mels=64), tmp_path / "a",
+                         "m", 1, LABELS)
+
+
+def test_refuses_a_directory_that_holds_files(tmp_path):
+    model = trained_looking("avgpool")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "model.onnx").write_bytes(b"old")
     with pytest.raises(FileExistsError):
-        export_model_dir(model, LogMel(), tmp_path / "b", "m", 1, LABELS, {}, {}, {})
+        export_model_dir(model.compressor, model.classifier, LogMel(), tmp_path / "b", "m", 1,
+                         LABELS)
 
 
 @pytest.mark.parametrize("exported", ["diffres"], indirect=True)
