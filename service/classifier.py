@@ -84,7 +84,11 @@ def classifier_mflops(model: nn.Module, c: int, t: int, f: int) -> float:
     """Millions of FLOPs of one forward on a [1, c, t, f] input, counting conv and linear
     layers only, one multiply-add as 2 FLOPs (BatchNorm, ReLU and pooling are ignored).
 
-    Shapes come from forward hooks on a dummy input, so it follows any architecture.
+    Shapes come from forward hooks on a dummy input, so it follows any architecture built
+    from ``nn`` layers: a conv counts Cin / groups x kernel area multiply-adds per output
+    element, so strided, dilated and depthwise convs (BC-ResNet's) and convs on a pooled
+    [C, 1, t] map count what they compute; a layer called twice counts twice. Functional
+    convs (``torch.nn.functional.conv2d``) are not seen.
     """
     macs = 0
 

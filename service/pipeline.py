@@ -12,6 +12,7 @@ from typing import Final
 import torch
 from torch import Tensor, nn
 
+from service.bcresnet import BCResNet
 from service.classifier import Classifier
 from service.diffres import AvgMaxPool, AvgPool, ChangeHopSize, ConvAvgPool, DiffRes, FullResolution
 from service.manifest import COMPRESSION_OUTPUTS, REQUIRED_OUTPUTS, SPECTROGRAM
@@ -36,6 +37,23 @@ def build_compressor(kind: str, in_t_dim: int, in_f_dim: int, rate: float) -> nn
     if kind == "full":
         return FullResolution(in_t_dim, in_f_dim)
     return COMPRESSORS[kind](in_t_dim, in_f_dim, rate)
+
+
+CLASSIFIERS: dict[str, type[nn.Module]] = {
+    "cnn": Classifier,
+    "bcresnet": BCResNet,
+}
+
+
+def build_classifier(kind: str, in_channels: int, n_classes: int, in_f_dim: int,
+                     width: int | None = None, dropout: float = 0.1) -> nn.Module:
+    """The classifier ``kind`` for features [B, in_channels, t, in_f_dim]: "cnn" is the
+    compact :class:`Classifier` (~8 MFLOPs), "bcresnet" the :class:`BCResNet` of real size
+    (66 MFLOPs at full resolution). ``width`` None: the classifier's own default (32, 40)."""
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier kind {kind!r}; expected one of {sorted(CLASSIFIERS)}")
+    sizes = {} if width is None else {"width": width}
+    return CLASSIFIERS[kind](in_channels, n_classes, in_f_dim, dropout=dropout, **sizes)
 
 
 def _required(value: Tensor | None, name: str) -> Tensor:
@@ -67,11 +85,14 @@ class AudioClassifier(nn.Module):
 
     @classmethod
     def build(cls, kind: str, in_t_dim: int, in_f_dim: int, rate: float, n_classes: int,
-              width: int = 32, dropout: float = 0.1) -> "AudioClassifier":
-        """A compressor of ``kind`` with a :class:`Classifier` sized for its feature."""
+              width: int | None = None, dropout: float = 0.1,
+              classifier: str = "cnn") -> "AudioClassifier":
+        """A compressor of ``kind`` with a classifier of kind ``classifier`` (see
+        :func:`build_classifier`) sized for its feature."""
         compressor = build_compressor(kind, in_t_dim, in_f_dim, rate)
-        classifier = Classifier(compressor.feature_channels, n_classes, in_f_dim, width, dropout)
-        return cls(compressor, classifier, kind)
+        classifier_module = build_classifier(classifier, compressor.feature_channels, n_classes,
+                                             in_f_dim, width, dropout)
+        return cls(compressor, classifier_module, kind)
 
     @property
     def n_classes(self) -> int:

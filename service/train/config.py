@@ -22,6 +22,11 @@ WINDOW_MS = 25.0  # n_fft = win_length = 400 at 16 kHz, whatever the hop
 # The compressors we train: every kind of the serving contract but a user's "custom" one.
 COMPRESSORS = tuple(kind for kind in COMPRESSOR_KINDS if kind != "custom")
 CONFIG_FILE = "config.json"
+# "cnn": the compact service.classifier.Classifier (~8 MFLOPs); "bcresnet": service.bcresnet's
+# BC-ResNet (66 MFLOPs at full resolution and width 40), big enough for DiffRes to pay off.
+# The CLI's --width defaults to each one's own width; the dataclass keeps 32 for old runs.
+CLASSIFIERS = ("cnn", "bcresnet")
+DEFAULT_WIDTHS = {"cnn": 32, "bcresnet": 40}
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class TrainConfig:
     time_mask_frac: float = 0.1  # widest time mask, as a fraction of T (hop independent)
     freq_masks: int = 2
     freq_mask_bins: int = 8
-    width: int = 32
+    classifier: str = "cnn"
+    width: int = 32  # cnn: channels of the last blocks; bcresnet: of the first stage (use 40)
     dropout: float = 0.1
     eval_batch_size: int = 256
     threads: int = 0  # 0: every core this process may use
@@ -56,6 +62,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.compressor not in COMPRESSORS:
             raise ValueError(f"compressor must be one of {COMPRESSORS}, got {self.compressor!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
         if not 0.0 <= self.rate < 1.0:
             raise ValueError(f"rate must be in [0, 1), got {self.rate}")
         if self.hop_ms <= 0 or self.epochs < 1 or self.batch_size < 2:
@@ -91,6 +99,14 @@ class TrainConfig:
         return cls(**json.loads((Path(directory) / CONFIG_FILE).read_text()))
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict completed with the defaults of fields added since it was written
+    (a run from before ``classifier`` existed trained the "cnn"), so old runs still resume."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)
+                if field.default is not dataclasses.MISSING}
+    return defaults | saved
+
+
 def hop_length(hop_ms: float, sample_rate: int = SAMPLE_RATE) -> int:
     """Samples per hop: 10 ms -> 160, 1 ms -> 16 at 16 kHz."""
     return max(1, round(sample_rate * hop_ms / 1000))
@@ -117,10 +133,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, required=True, type=str)
         elif field.name == "compressor":
             parser.add_argument(flag, default=field.default, choices=COMPRESSORS)
+        elif field.name == "classifier":
+            parser.add_argument(flag, default=field.default, choices=CLASSIFIERS)
+        elif field.name == "width":
+            parser.add_argument(flag, default=None, type=int,
+                                help=f"default: the classifier's own, {DEFAULT_WIDTHS}")
         else:
             parser.add_argument(flag, default=field.default, type=type(field.default))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {field.name for field in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if values.get("width") is None:
+        values["width"] = DEFAULT_WIDTHS[values.get("classifier", "cnn")]
+    return TrainConfig(**values)

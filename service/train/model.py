@@ -16,7 +16,8 @@ def build_frontend(cfg: TrainConfig) -> LogMel:
 def build_model(cfg: TrainConfig, n_classes: int) -> AudioClassifier:
     """Compressor [B, T, F] -> [B, C, t, F], then the classifier -> logits."""
     return AudioClassifier.build(cfg.compressor, cfg.in_t_dim, cfg.n_mels, cfg.effective_rate,
-                                 n_classes, width=cfg.width, dropout=cfg.dropout)
+                                 n_classes, width=cfg.width, dropout=cfg.dropout,
+                                 classifier=cfg.classifier)
 
 
 def log_floor_value(frontend: nn.Module) -> float:

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from service.train import checkpoint
-from service.train.config import TrainConfig, resolve_device, usable_cores
+from service.train.config import TrainConfig, resolve_device, usable_cores, with_defaults
 from service.train.cost import model_costs
 from service.train.data import (
     Split,
@@ -129,7 +129,8 @@ def _restore(run: Run) -> dict[str, Any]:
     """Load the last checkpoint into the run (RNG states too); returns the epoch state."""
     path = run.out / checkpoint.CHECKPOINT_FILE
     saved = checkpoint.load(path)
-    changed = {k for k, v in run.cfg.to_dict().items() if saved["config"].get(k) != v}
+    saved_config = with_defaults(saved["config"])
+    changed = {k for k, v in run.cfg.to_dict().items() if saved_config.get(k) != v}
     if changed - _RESUMABLE_CHANGES:
         raise ValueError(f"cannot resume {path}: config differs in {sorted(changed)}")
     run.model.load_state_dict(saved["model"])
