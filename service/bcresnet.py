@@ -11,6 +11,8 @@ norm then groups adjacent frequency bins with a free reshape.
 import torch
 from torch import Tensor, nn
 
+from service.classifier import check_sizes
+
 # Per stage: output channels as a multiple of ``width``, blocks, frequency stride of the
 # first block, temporal dilation (the paper's BC-ResNet: 8, 12, 16, 20 x tau channels). The
 # stem is 3x3, not the paper's 5x5: DiffRes feeds it 3 channels, and a 5x5 stem would then
@@ -120,12 +122,8 @@ class BCResNet(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, in_f_dim: int, width: int = 40,
                  dropout: float = 0.1, sub_bands: int = 5) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("n_classes", n_classes),
-                            ("in_f_dim", in_f_dim), ("width", width), ("sub_bands", sub_bands)):
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_sizes(in_channels=in_channels, n_classes=n_classes, in_f_dim=in_f_dim,
+                    width=width, sub_bands=sub_bands, dropout=dropout)
         self.in_channels = int(in_channels)
         self.n_classes = int(n_classes)
         self.in_f_dim = int(in_f_dim)

@@ -31,6 +31,15 @@ def channel_widths(width: int) -> list[int]:
     return [max(width // 4, 1), max(width // 2, 1), width, width]
 
 
+def check_sizes(dropout: float, **sizes: int) -> None:
+    """A classifier's constructor arguments: every size positive, dropout in [0, 1)."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 class Classifier(nn.Module):
     """forward(feature [B, C, t, F]) -> logits [B, n_classes], for any t >= 1.
 
@@ -52,12 +61,8 @@ class Classifier(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, in_f_dim: int, width: int = 32,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("n_classes", n_classes),
-                            ("in_f_dim", in_f_dim), ("width", width)):
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_sizes(in_channels=in_channels, n_classes=n_classes, in_f_dim=in_f_dim,
+                    width=width, dropout=dropout)
         self.in_channels = int(in_channels)
         self.n_classes = int(n_classes)
         self.in_f_dim = int(in_f_dim)

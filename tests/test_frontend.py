@@ -4,13 +4,12 @@ import math
 import warnings
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from service.export import export_onnx
 from service.frontend import LogMel, mel_filterbank, num_frames
 from service.manifest import FrontendSpec
+from tests.frontend_export import assert_exports_match, export_front_end
 
 # Each config with the waveform lengths to test; 1 sample must work everywhere.
 CONFIGS = [
@@ -151,22 +150,15 @@ def test_bad_arguments(bad):
                 ids=["default", "hop16-slaney-128"])
 def exported(request, tmp_path_factory):
     module = LogMel(**request.param).eval()
-    path = tmp_path_factory.mktemp("frontend") / "frontend.onnx"
-    export_onnx(module, noise(2, 4000, seed=0), path, ["waveform"], ["log_mel"],
-                {"waveform": {0: "batch", 1: "samples"}, "log_mel": {0: "batch", 1: "frames"}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return module, torch.jit.script(module), session
+    _, scripted, session = export_front_end(module, noise(2, 4000, seed=0),
+                                            tmp_path_factory.mktemp("frontend"))
+    return module, scripted, session
 
 
 @pytest.mark.parametrize("batch,n", [(1, 1), (1, 16001), (3, 4321), (3, 160)])
 def test_torchscript_and_onnx_match_eager(exported, batch, n):
     module, scripted, session = exported
-    wave = noise(batch, n, seed=batch + n)
-    eager = module(wave)
-    torch.testing.assert_close(scripted(wave), eager, rtol=0, atol=1e-4)
-    (onnx_out,) = session.run(None, {"waveform": wave.numpy()})
-    assert onnx_out.shape == tuple(eager.shape)
-    np.testing.assert_allclose(onnx_out, eager.numpy(), rtol=0, atol=1e-4)
+    assert_exports_match(module, scripted, session, noise(batch, n, seed=batch + n), 1e-4)
 
 
 def test_batch_items_are_independent():

@@ -7,13 +7,12 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
-from service.export import export_onnx
 from service.frontend import LogMel, num_frames
 from service.frontends import MelSpectrogram, frontend_from_description
+from tests.frontend_export import assert_exports_match, export_front_end
 
 # Each config with the waveform lengths to test; the first is the shortest allowed.
 CONFIGS = [
@@ -265,26 +264,19 @@ EXPORTED = {
 @pytest.fixture(scope="module", params=sorted(EXPORTED))
 def exported(request, tmp_path_factory):
     module = build(EXPORTED[request.param]).eval()
-    path = tmp_path_factory.mktemp("frontends") / "frontend.onnx"
-    export_onnx(module, noise(2, 6000, seed=0), path, ["waveform"], ["features"],
-                {"waveform": {0: "batch", 1: "samples"}, "features": {0: "batch", 1: "frames"}})
+    path, scripted, session = export_front_end(module, noise(2, 6000, seed=0),
+                                               tmp_path_factory.mktemp("frontends"))
     pads = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Pad"]
     assert [a.s for n in pads for a in n.attribute if a.name == "mode"] == [b"reflect"]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return module, torch.jit.script(module), session
+    return module, scripted, session
 
 
 @pytest.mark.parametrize("batch,n", [(1, 4000), (1, 16001), (3, 4000), (3, 16001)])
 def test_torchscript_and_onnx_match_eager(exported, batch, n):
     module, scripted, session = exported
-    wave = noise(batch, n, seed=batch + n)
-    eager = module(wave)
-    torch.testing.assert_close(scripted(wave), eager, rtol=0, atol=1e-4)
-    (onnx_out,) = session.run(None, {"waveform": wave.numpy()})
-    assert onnx_out.shape == tuple(eager.shape)
     # onnxruntime's DFT kernels round apart from torch's (4e-5 here), each by up to the
     # reference test's error, which depends on the CPU's kernels
-    np.testing.assert_allclose(onnx_out, eager.numpy(), rtol=0, atol=1e-3)
+    assert_exports_match(module, scripted, session, noise(batch, n, seed=batch + n), 1e-3)
 
 
 def test_onnx_batch_independent_and_refuses_short_input(exported):

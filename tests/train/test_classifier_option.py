@@ -5,7 +5,6 @@ import argparse
 from pathlib import Path
 
 import pytest
-import torch
 
 from service.bcresnet import BCResNet
 from service.classifier import Classifier
@@ -21,20 +20,7 @@ from service.train.config import (
 )
 from service.train.model import build_model
 from service.train.trainer import train
-from tests.train.test_training import tiny_config, write_tiny_dataset
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    """Runs here use one thread; leave other tests the default."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("kws"))
+from tests.train.test_training import tiny_config
 
 
 def parse(argv: list[str]) -> TrainConfig:

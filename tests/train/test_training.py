@@ -50,18 +50,6 @@ def write_tiny_dataset(root: Path, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    """Runs here use one thread (for exact resume); leave other tests the default."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("kws"))
-
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
     fields = dict(data=str(data), out=str(out), compressor="diffres", rate=0.5, epochs=3,
