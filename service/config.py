@@ -113,6 +113,11 @@ class Settings(BaseSettings):
                                    "fails and its worker is replaced")
     max_upload_bytes: int = Field(50 * MB, gt=0)
     max_audio_seconds: float = Field(600.0, gt=0)
+    window_hop_fraction: float = Field(0.5, gt=0, le=1, description="/classify windows start "
+                                       "every this fraction of a window (floor, >= 1 frame); "
+                                       "1: back to back")
+    detection_threshold: float = Field(0.5, gt=0, le=1, description="a keyword window at or "
+                                       "above this probability is a /classify detection")
     drain_timeout_s: float = Field(30.0, ge=0)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"

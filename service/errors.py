@@ -62,6 +62,18 @@ class InvalidInput(DiffresError):
     code = "invalid_input"
 
 
+class AudioTooShort(InvalidInput):
+    """Audio (at the model's sample rate) shorter than one analysis frame of its front end."""
+
+    code = "audio_too_short"
+
+
+class TruncatedAudio(InvalidInput):
+    """Audio whose header declares more sample data than the body holds (a cut-off upload)."""
+
+    code = "truncated_audio"
+
+
 class NotReady(DiffresError):
     """The service or the model cannot serve yet (loading, failed to load, draining)."""
 

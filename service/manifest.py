@@ -28,6 +28,11 @@ REQUIRED_OUTPUTS = (PROBABILITIES, FRAME_SCORES)
 # What POST /compress returns: the compressed feature maps, each [B, t, F].
 COMPRESSION_OUTPUTS = ("avgpool", "maxpool", "resolution_enc")
 
+# Labels that mean "no keyword here" (the Speech Commands convention our models follow): the
+# clip aggregate treats them as background and never reports them as detections.
+UNKNOWN_LABEL, SILENCE_LABEL = "_unknown_", "_silence_"
+BACKGROUND_LABELS = frozenset({UNKNOWN_LABEL, SILENCE_LABEL})
+
 
 class BackendFiles(NamedTuple):
     model: str

@@ -8,30 +8,57 @@ Decoding is streamed: blocks of at most ``BLOCK_SAMPLES`` samples are read, mixe
 resampled one by one (soxr's stream gives the same samples as its one-shot call), so memory
 stays O(output) whatever the header claims. The duration limit is checked against the header
 before decoding and against the frames actually decoded (headers may lie either way).
+
+A cut-off upload is refused (``TruncatedAudio``), not classified as the part that arrived:
+libsndfile quietly clamps a WAV/AIFF's length to the bytes present, so the container's own
+declared sample-data size is compared with the body (``declared_shortfall``). Lengths that
+streaming writers put in place of a size they cannot know (``UNKNOWN_SIZES``) and formats
+without a declared size (Ogg, MP3, FLAC without a total) are not checked.
+
+Audio shorter than one analysis frame of the model's front end (``frame_samples``) is refused
+(``AudioTooShort``) by ``check_frame_length``, which the data plane runs on every waveform
+before the front end (``InferenceService._log_mel``), whatever route brought it.
 """
 
 import io
+import struct
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from service.errors import (
+    AudioTooShort,
+    InvalidInput,
+    PayloadTooLarge,
+    TruncatedAudio,
+    UnsupportedMedia,
+)
+from service.manifest import FrontendInfo
 
 RATE_RANGE = (1_000, 384_000)  # Hz
 MAX_CHANNELS = 8
 BLOCK_SAMPLES = 1 << 18  # samples (over all channels) decoded per block
+# Data-chunk sizes written by tools that stream to a pipe and cannot seek back to fix them
+# (ffmpeg and most: 0xFFFFFFFF; arecord: 0x7FFFFFFF; SoX: 0x7FFFF000): "length unknown".
+UNKNOWN_SIZES = frozenset({0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000})
 
 
 def decode_audio(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
     """[N] float32 mono at ``target_rate``, N >= 1. Refuses audio longer than ``max_seconds``
-    (413), out-of-range rates or channel counts and NaN/Inf samples (422), and anything
-    libsndfile cannot decode (415)."""
+    (413), out-of-range rates or channel counts, NaN/Inf samples and a body shorter than its
+    header declares (422), and anything libsndfile cannot decode (415)."""
     if not data:
         raise InvalidInput("empty audio body")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             _check_header(f, max_seconds)
+            if shortfall := declared_shortfall(data):
+                declared, present = shortfall
+                raise TruncatedAudio(
+                    f"audio is truncated: its {f.format} header declares {declared} bytes of "
+                    f"samples but the body holds {present} ({f.frames} frames, "
+                    f"{f.frames / f.samplerate:.3f} s); send the whole file")
             wave = _read_mono(f, target_rate, max_seconds)
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
         raise UnsupportedMedia(f"cannot decode audio: {exc}") from exc
@@ -46,6 +73,57 @@ def resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
         return np.ascontiguousarray(wave, dtype=np.float32)
     return np.ascontiguousarray(soxr.resample(wave, rate, target_rate, quality="HQ"),
                                 dtype=np.float32)
+
+
+def frame_samples(frontend: FrontendInfo) -> int:
+    """Samples in one analysis frame of ``frontend``: its FFT size or window (``n_fft``,
+    ``win_length`` in ``params``, the larger), else one hop."""
+    sizes = [v for k in ("n_fft", "win_length")
+             if isinstance(v := frontend.params.get(k), int) and not isinstance(v, bool)
+             and v > 0]
+    return max(sizes) if sizes else frontend.hop_length
+
+
+def check_frame_length(samples: int, frontend: FrontendInfo) -> None:
+    """``AudioTooShort`` if ``samples`` (at the front end's rate) do not fill one frame."""
+    frame = frame_samples(frontend)
+    if samples < frame:
+        raise AudioTooShort(
+            f"audio of {samples} sample(s) at {frontend.sample_rate} Hz is shorter than one "
+            f"analysis frame of this model's front end ({frame} samples, "
+            f"{1000 * frame / frontend.sample_rate:g} ms)")
+
+
+def declared_shortfall(data: bytes) -> tuple[int, int] | None:
+    """(bytes of sample data the container declares, bytes of it present) when a RIFF/RIFX/
+    RF64 WAV's ``data`` chunk or an AIFF/AIFC's ``SSND`` chunk runs past the end of ``data``;
+    None when it fits, its size is one of ``UNKNOWN_SIZES``, or the container is another."""
+    magic, kind = data[:4], data[8:12]
+    if magic in (b"RIFF", b"RF64") and kind == b"WAVE":
+        order, target = "<", b"data"
+    elif magic == b"RIFX" and kind == b"WAVE":
+        order, target = ">", b"data"
+    elif magic == b"FORM" and kind in (b"AIFF", b"AIFC"):
+        order, target = ">", b"SSND"
+    else:
+        return None
+    long_size = None  # RF64: the data size is in the ds64 chunk (its 32-bit one is -1)
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], struct.unpack(order + "I", data[pos + 4:pos + 8])[0]
+        if chunk == b"ds64" and magic == b"RF64" and pos + 24 <= len(data):
+            long_size = struct.unpack("<Q", data[pos + 16:pos + 24])[0]
+        if chunk == target:
+            if magic == b"RF64" and size == 0xFFFFFFFF:
+                if long_size is None:
+                    return None
+                size = long_size
+            elif size in UNKNOWN_SIZES:
+                return None
+            present = len(data) - (pos + 8)
+            return (size, present) if size > present else None
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def _check_header(f: sf.SoundFile, max_seconds: float) -> None:

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.errors import (
+    AudioTooShort,
     ClientDisconnected,
     ConfigError,
     DeadlineExceeded,
@@ -20,6 +21,7 @@ from service.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    TruncatedAudio,
     Unauthorized,
     UnsupportedMedia,
 )
@@ -34,6 +36,8 @@ STATUS: dict[type[DiffresError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMedia: 415,
     InvalidInput: 422,
+    AudioTooShort: 422,
+    TruncatedAudio: 422,
     ClientDisconnected: 499,  # nginx's "client closed request"; nobody reads it
     InferenceFailed: 500,
     ConfigError: 500,  # a startup failure; listed so every domain error has a status

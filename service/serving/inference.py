@@ -8,6 +8,7 @@ results) runs on a thread pool, never on the event loop.
 import asyncio
 import contextlib
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +27,7 @@ from service.errors import (
 )
 from service.manifest import FRAME_SCORES, PROBABILITIES
 from service.serving import windowing as W
-from service.serving.audio import decode_audio, resample
+from service.serving.audio import check_frame_length, decode_audio, resample
 from service.serving.codecs import (
     check_range,
     spectrogram_from_json,
@@ -54,6 +55,7 @@ class Prepared:
     duration_s: float
     windows: np.ndarray  # [n, size, F]
     valid: np.ndarray  # [n]
+    starts: np.ndarray  # [n] first frame of each window
     results: list[dict[str, np.ndarray]]  # one per window
 
 
@@ -115,8 +117,9 @@ class InferenceService:
                        top_k: int = 5) -> dict:
         if top_k < 1:
             raise InvalidParameter(f"top_k must be >= 1, got {top_k}")
-        p = await self._prepare(self.resolve(name, version), payload)
-        return classify_result(p, top_k)
+        model = self.resolve(name, version)
+        p = await self._prepare(model, payload, self._hop(model))
+        return classify_result(p, top_k, self.settings.detection_threshold)
 
     async def compress(self, name: str | None, version: int | None, payload: Payload) -> dict:
         model = self.resolve(name, version)
@@ -125,7 +128,7 @@ class InferenceService:
                 f"model {model.name}/{model.version} (compressor "
                 f"{model.manifest.compressor.kind!r}) has no avgpool/maxpool/resolution_enc "
                 "outputs; /compress needs a DiffRes model", code="compress_unsupported")
-        p = await self._prepare(model, payload)
+        p = await self._prepare(model, payload, model.manifest.compressor.in_t_dim)
         return await self.offload(compress_result, p)
 
     async def infer_windows(self, model: ServedModel, windows: np.ndarray
@@ -141,19 +144,25 @@ class InferenceService:
         spec = await self.offload(validate_spectrogram, windows.reshape(-1, windows.shape[2]),
                                   f.n_mels, self._max_frames(model), f.value_range,
                                   deadline=deadline)
-        (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline)
+        (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline,
+                               c.in_t_dim)
         return {name: np.stack([r[name] for r in p.results]) for name in p.results[0]}
 
     async def classify_waveforms(self, model: ServedModel, waves: np.ndarray,
                                  sample_rate: int) -> dict[str, np.ndarray]:
         """Each row of ``waves`` [B, N] (mono, ``sample_rate``) is one clip, classified as
         /classify classifies audio; all rows' windows are one batcher request. Returns
-        ``probabilities`` [B, C] (per clip: the mean over its windows) and ``frame_scores``
-        [B, T] (T = 1 + N' // hop_length, N' samples at the model's rate)."""
+        ``probabilities`` [B, C] (per clip: ``windowing.aggregate`` over its overlapping
+        windows, as /classify) and ``frame_scores`` [B, T] (T = 1 + N' // hop_length, N'
+        samples at the model's rate)."""
         deadline = self._deadline()
         features = await self.offload(self._waveform_features, model, waves, sample_rate,
                                       deadline=deadline)
-        return clip_outputs(await self._run(model, features, deadline))
+        return clip_outputs(await self._run(model, features, deadline, self._hop(model)))
+
+    def _hop(self, model: ServedModel) -> int:
+        """Frames between /classify window starts (``window_hop_fraction`` of a window)."""
+        return W.hop_frames(model.manifest.compressor.in_t_dim, self.settings.window_hop_fraction)
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.settings.request_timeout_s
@@ -161,26 +170,29 @@ class InferenceService:
     def _max_frames(self, model: ServedModel) -> int:
         return int(self.settings.max_audio_seconds / model.manifest.frontend.frame_hop_seconds) + 1
 
-    async def _prepare(self, model: ServedModel, payload: Payload) -> Prepared:
+    async def _prepare(self, model: ServedModel, payload: Payload, hop: int) -> Prepared:
         deadline = self._deadline()
         features, duration = await self.offload(self._features, model, payload,
                                                 deadline=deadline)
-        (prepared,) = await self._run(model, [(features, duration)], deadline)
+        (prepared,) = await self._run(model, [(features, duration)], deadline, hop)
         return prepared
 
     async def _run(self, model: ServedModel, inputs: list[tuple[np.ndarray, float]],
-                   deadline: float) -> list[Prepared]:
-        """Window every ([T, F], duration) of ``inputs``, submit all the windows as one
-        request to the batcher (one admission) and give each input its results."""
+                   deadline: float, hop: int) -> list[Prepared]:
+        """Window every ([T, F], duration) of ``inputs`` (a window every ``hop`` frames),
+        submit all the windows as one request to the batcher (one admission) and give each
+        input its results."""
         size = model.manifest.compressor.in_t_dim
-        split = [W.split_windows(features, size, model.pad_value) for features, _ in inputs]
+        split = [W.split_windows(features, size, model.pad_value, hop)
+                 for features, _ in inputs]
         windows = split[0][0] if len(split) == 1 else np.concatenate([w for w, _ in split])
         results = await model.batcher.submit(windows, deadline)
         if len(results) != len(windows):
             raise InferenceFailed(f"{len(results)} results for {len(windows)} windows")
         prepared, start = [], 0
         for (features, duration), (w, valid) in zip(inputs, split, strict=True):
-            p = Prepared(model, features, duration, w, valid, results[start:start + len(w)])
+            p = Prepared(model, features, duration, w, valid, W.window_starts(
+                features.shape[0], size, hop), results[start:start + len(w)])
             start += len(w)
             self._count(p)
             prepared.append(p)
@@ -221,6 +233,7 @@ class InferenceService:
     def _log_mel(model: ServedModel, wave: np.ndarray) -> np.ndarray:
         """[N] samples at the model's rate -> [1 + N // hop_length, n_mels] via its front end."""
         f = model.manifest.frontend
+        check_frame_length(len(wave), f)  # 422 audio_too_short, not a front-end failure
         mel = next(iter(model.frontend.run(wave[np.newaxis]).values()))[0]
         expected = 1 + len(wave) // f.hop_length
         if mel.shape != (expected, f.n_mels):
@@ -233,7 +246,7 @@ class InferenceService:
         name = p.model.name
         self.metrics.audio_seconds.labels(name).inc(p.duration_s)
         self.metrics.input_frames.labels(name).inc(p.features.shape[0])
-        self.metrics.output_frames.labels(name).inc(sum(_kept(p)))
+        self.metrics.output_frames.labels(name).inc(_output_frames(p))
 
 
 def _kept(p: Prepared) -> list[int]:
@@ -242,49 +255,69 @@ def _kept(p: Prepared) -> list[int]:
             for r, v in zip(p.results, p.valid, strict=True)]
 
 
+def _output_frames(p: Prepared) -> int:
+    """Output steps the input was compressed to, each frame counted once: back to back, the
+    windows' kept steps; overlapping, ceil of the sum of the clip's frame scores (a frame's
+    score is its share of an output step), so out/in stays the compression ratio."""
+    size = p.model.manifest.compressor.in_t_dim
+    if len(p.starts) < 2 or p.starts[1] - p.starts[0] == size:
+        return sum(_kept(p))
+    scores = W.frame_scores([r[FRAME_SCORES] for r in p.results], p.features.shape[0],
+                            p.starts)
+    return max(1, math.ceil(float(np.sum(scores, dtype=np.float64)) - 1e-4))
+
+
 def _common(p: Prepared) -> dict:
     frames = p.features.shape[0]
-    scores = W.frame_scores([r[FRAME_SCORES] for r in p.results], frames)
+    scores = W.frame_scores([r[FRAME_SCORES] for r in p.results], frames, p.starts)
     return {"model": p.model.name, "version": p.model.version,
             "frame_hop_seconds": p.model.manifest.frontend.frame_hop_seconds,
             "duration_seconds": p.duration_s, "input_frames": frames, "frame_scores": scores}
 
 
-def classify_result(p: Prepared, top_k: int) -> dict:
-    """Clip probabilities are the plain mean of the windows' probabilities."""
+def _window_probs(p: Prepared) -> np.ndarray:
+    return np.stack([r[PROBABILITIES] for r in p.results]).astype(np.float64)
+
+
+def classify_result(p: Prepared, top_k: int, threshold: float) -> dict:
+    """Clip probabilities: ``windowing.aggregate`` of the windows' probabilities (keywords:
+    max; background: least background window); ``detections`` over ``threshold``."""
     labels = p.model.manifest.labels
-    probs = np.stack([r[PROBABILITIES] for r in p.results]).astype(np.float64)
-    clip = probs.mean(axis=0)
+    probs = _window_probs(p)
+    clip = W.aggregate(probs, labels)
     hop = p.model.manifest.frontend.frame_hop_seconds
     size = p.model.manifest.compressor.in_t_dim
     windows = [{"start_seconds": start, "end_seconds": end,
                 "probabilities": dict(zip(labels, map(float, row), strict=True))}
-               for (start, end), row in zip(W.window_times(p.valid, size, hop), probs,
-                                            strict=True)]
+               for (start, end), row in zip(W.window_times(p.valid, size, hop, p.starts),
+                                            probs, strict=True)]
     return _common(p) | {"labels": labels,
                          "probabilities": dict(zip(labels, map(float, clip), strict=True)),
                          "top": W.top_k(clip, labels, min(top_k, len(labels))),
+                         "detections": W.detections(probs, labels, p.starts, p.valid, hop,
+                                                    threshold),
                          "windows": windows}
 
 
 def clip_outputs(prepared: list[Prepared]) -> dict[str, np.ndarray]:
-    """Clips of one length -> probabilities [B, C] (each the mean over its windows, as in
-    classify_result) and frame_scores [B, T] (padding left out)."""
-    probs = [np.stack([r[PROBABILITIES] for r in p.results]).astype(np.float64).mean(axis=0)
-             for p in prepared]
-    scores = [W.frame_scores([r[FRAME_SCORES] for r in p.results], p.features.shape[0])
-              for p in prepared]
+    """Clips of one length -> probabilities [B, C] (each ``windowing.aggregate`` over its
+    windows, as in classify_result) and frame_scores [B, T] (padding left out)."""
+    probs = [W.aggregate(_window_probs(p), p.model.manifest.labels) for p in prepared]
+    scores = [W.frame_scores([r[FRAME_SCORES] for r in p.results], p.features.shape[0],
+                             p.starts) for p in prepared]
     return {"probabilities": np.stack(probs).astype(np.float32),
             "frame_scores": np.stack(scores)}
 
 
 def compress_result(p: Prepared) -> dict:
-    """Per window: the compressed maps without steps made only of padding, activeness."""
+    """Per window (back to back, never overlapping: each frame's maps appear once): the
+    compressed maps without steps made only of padding, activeness."""
     hop = p.model.manifest.frontend.frame_hop_seconds
     size = p.model.manifest.compressor.in_t_dim
     windows = []
     for r, v, kept, (start, end) in zip(p.results, p.valid, _kept(p),
-                                        W.window_times(p.valid, size, hop), strict=True):
+                                        W.window_times(p.valid, size, hop, p.starts),
+                                        strict=True):
         windows.append({"start_seconds": start, "end_seconds": end, "input_frames": int(v),
                         "output_frames": kept,
                         "activeness": W.activeness(r[FRAME_SCORES], int(v)),

@@ -41,6 +41,7 @@ CLASSIFY_EXAMPLE = {
     "top": [{"label": "yes", "probability": 0.91}, {"label": "no", "probability": 0.09}],
     "frame_scores": [0.42, 0.61, 0.38], "frame_hop_seconds": 0.01, "input_frames": 3,
     "duration_seconds": 0.03,
+    "detections": [{"label": "yes", "probability": 0.91, "start": 0.0, "end": 0.03}],
     "windows": [{"start_seconds": 0.0, "end_seconds": 0.03,
                  "probabilities": {"yes": 0.91, "no": 0.09}}],
 }

@@ -29,6 +29,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from service.manifest import SILENCE_LABEL, UNKNOWN_LABEL
 from service.train import acoustics, perturb, rooms
 from service.train.acoustics import SAMPLE_RATE, pick
 from service.train.voices import (
@@ -53,7 +54,7 @@ from service.train.words import (
 )
 
 CLIP_SAMPLES = SAMPLE_RATE  # every clip is exactly 1 s
-UNKNOWN, SILENCE = "_unknown_", "_silence_"
+UNKNOWN, SILENCE = UNKNOWN_LABEL, SILENCE_LABEL
 LABELS = (*KEYWORDS, UNKNOWN, SILENCE)
 SPLITS = ("train", "validation", "test")  # speaker-disjoint, every family but the held-out
 CROSS = "test_cross"  # the held-out family only

@@ -1,5 +1,6 @@
 """Hand-made bad inputs for tests/serving/test_bad_input.py: each case is (name, body,
-[content type,] expected (status, code) or None for "any documented 4xx")."""
+[content type,] expected (status, code) or None for "any documented 4xx"). Every case
+listed here must be refused with a 4xx; a 200 fails the test."""
 
 import io
 
@@ -40,10 +41,17 @@ AUDIO = [  # (name, body, content type, expected (status, code) or None: any doc
                                                      axis=1), subtype="FLOAT"),
      "audio/wav", (422, "invalid_input")),
     ("header claims 4 GB", wav_header(data=b"\1\0" * 4000, data_size=0xFFFFFFF0), "audio/wav",
-     None),
+     (422, "truncated_audio")),
     ("header claims 36 h at 8 kHz", wav_header(rate=8000, data=b"\1\0" * 4000,
-                                               data_size=0xFFFFFF00), "audio/wav", None),
-    ("1 sample", wav_header(data=b"\1\0"), "audio/wav", None),
+                                               data_size=0xFFFFFF00), "audio/wav",
+     (422, "truncated_audio")),
+    ("body one frame short", wav_bytes(sine(0.5))[:-2], "audio/wav", (422, "truncated_audio")),
+    ("RF64 cut short", wav_bytes(sine(0.5), fmt="RF64")[:-100], "application/octet-stream",
+     (422, "truncated_audio")),
+    ("1 sample", wav_header(data=b"\1\0"), "audio/wav", (422, "audio_too_short")),
+    ("399 samples", wav_header(data=b"\1\0" * 399), "audio/wav", (422, "audio_too_short")),
+    ("100 samples at 8 kHz", wav_header(rate=8000, data=b"\1\0" * 100), "audio/wav",
+     (422, "audio_too_short")),
     ("2 samples at 384 kHz", wav_header(rate=384_000, data=b"\1\0\1\0"), "audio/wav",
      (422, "invalid_input")),
     ("over max_audio_seconds", wav_bytes(np.zeros(8000 * 31, F32), 8000, fmt="FLAC"),

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
+from service.serving import windowing as W
 from service.serving.app import create_app
 from tests.conftest import require_tool
 from tests.serving.conftest import IN_T_DIM, LABELS, N_MELS, make_settings, sine, wait_ready
@@ -49,7 +50,8 @@ def check_classify(body, frames):
         body["probabilities"].values())
     assert len(body["frame_scores"]) == frames == body["input_frames"]
     assert body["frame_hop_seconds"] == pytest.approx(0.01)
-    assert len(body["windows"]) == -(-frames // IN_T_DIM)
+    hop = IN_T_DIM // 2  # window_hop_fraction 0.5: windows overlap by half
+    assert len(body["windows"]) == 1 + -(-max(0, frames - IN_T_DIM) // hop)
     assert body["windows"][-1]["end_seconds"] == pytest.approx(frames * 0.01)
 
 
@@ -104,8 +106,9 @@ def test_long_audio_is_windowed_and_padding_left_out(onnx_client):
     check_classify(body | {"top": body["top"] + [body["top"][0]] * 2}, 3001)
     assert len(body["top"]) == 3
     windows = body["windows"]
-    assert len(windows) == 30 and windows[1]["start_seconds"] == pytest.approx(1.01)
-    clip = np.mean([[w["probabilities"][k] for k in LABELS] for w in windows], axis=0)
+    assert len(windows) == 59 and windows[1]["start_seconds"] == pytest.approx(0.5)
+    probs = np.array([[w["probabilities"][k] for k in LABELS] for w in windows])
+    clip = W.aggregate(probs, LABELS)  # keywords: max over windows; background: its min
     assert [body["probabilities"][k] for k in LABELS] == pytest.approx(clip, abs=1e-6)
 
 
@@ -274,7 +277,8 @@ def test_metrics_move(onnx_client):
     assert after["ok"] == before["ok"] + 1 and after["bad"] == before["bad"] + 1
     assert after["frames"] == before["frames"] + 201
     assert after["out"] > before["out"] and after["audio"] == pytest.approx(before["audio"] + 2)
-    assert after["batches"] > before["batches"] and after["waits"] == before["waits"] + 2
+    # 201 frames: 3 windows, starting every half window (window_hop_fraction 0.5)
+    assert after["batches"] > before["batches"] and after["waits"] == before["waits"] + 3
     assert after["infer"] > before["infer"] and after["latency"] == before["latency"] + 2
     assert metric(onnx_client, "diffres_model_info", model="kws12-diffres", version="2") == 1
     assert metric(onnx_client, "diffres_queue_depth", model="kws12-diffres") == 0
@@ -318,12 +322,13 @@ def test_upload_limits_content_length_chunked_and_duration(model_store):
 
 def test_request_longer_than_the_queue_is_admitted_in_slices(model_store):
     """A request needs queue room for one slice (``max_batch_size`` windows), not for all of
-    its windows: 5 windows pass a queue of 4 on an idle server. 503 with Retry-After under
+    its windows: 10 windows pass a queue of 4 on an idle server. 503 with Retry-After under
     real overload: tests/serving/test_reliability_overload.py."""
     with TestClient(create_app(make_settings(model_store, max_queue_size=4))) as client:
         wait_ready(client)
         r = client.post("/classify", json={"spectrogram": spectrogram(5 * IN_T_DIM).tolist()})
-        assert r.status_code == 200 and len(r.json()["windows"]) == 5
+        # 505 frames, a window every half window: 1 + ceil((505 - 101) / 50) = 10 windows
+        assert r.status_code == 200 and len(r.json()["windows"]) == 10
 
 
 def test_deadline_is_504(model_store):

@@ -85,11 +85,15 @@ def v2(server):
         pytest.skip("no v2 routes in this build")
 
 
-def check(r: httpx.Response, expect: tuple[int, str] | None = None, v2: bool = False) -> None:
-    """One case: 200 with finite numbers, or a documented 4xx JSON error."""
+def check(r: httpx.Response, expect: tuple[int, str] | None = None, v2: bool = False,
+          refused: bool = False) -> None:
+    """One case: 200 with finite numbers, or a documented 4xx JSON error. A listed bad input
+    (an ``expect``ed answer, or ``refused``) must be a 4xx: a 200 fails."""
     TALLY["cases"] += 1
     TALLY[r.status_code // 100 * 100] += 1
     assert r.status_code < 500, r.text[:500]
+    assert not (r.status_code == 200 and (refused or expect is not None)), \
+        f"a bad input was answered 200: {r.text[:300]}"
     if r.status_code == 200:
         if r.headers.get("content-type", "").startswith("application/json"):
             assert_finite(r.json())
@@ -126,7 +130,20 @@ def post(server, url, content=None, ctype="audio/wav", **kw):
 @pytest.mark.parametrize("url", ENDPOINTS)
 @pytest.mark.parametrize("name,body,ctype,expect", AUDIO, ids=[c[0] for c in AUDIO])
 def test_audio_table(server, url, name, body, ctype, expect):
-    check(post(server, url, body, ctype), expect)
+    check(post(server, url, body, ctype), expect, refused=True)
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_streamed_wavs_of_unknown_length_are_classified(server, url):
+    """ffmpeg (and most tools) writing a WAV to a pipe leave its sizes at 0xFFFFFFFF: not a
+    truncation. Neither is an Ogg file, which declares no size."""
+    data = (0.1 * sine(0.5) * 32767).astype("<i2").tobytes()
+    streamed = wav_header(data=data, data_size=0xFFFFFFFF)
+    streamed = streamed[:4] + struct.pack("<I", 0xFFFFFFFF) + streamed[8:]
+    for body in (streamed, wav_bytes(sine(0.5), fmt="OGG", subtype="VORBIS")):
+        r = post(server, url, body, "application/octet-stream")
+        check(r)
+        assert r.status_code == 200, r.text[:300]
 
 
 @pytest.mark.parametrize("url", ENDPOINTS)
@@ -330,10 +347,13 @@ def test_v2_table(server, v2):
                      "data": [1e30] * 16000}], "parameters": {"sample_rate": 16000}},
         {"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [1, 4],
                      "data": [0.0] * 4}], "parameters": {"sample_rate": 4_000_000_000}},
+        {"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [1, 1],  # < 1 frame
+                     "data": [0.5]}], "parameters": {"sample_rate": 16000}},
         {"inputs": "x"}, {"inputs": []}, [],
     ]
     for case in cases:  # stdlib json: NaN goes out as the (invalid) literal NaN
-        check(post(server, url, json.dumps(case).encode(), "application/json"), v2=True)
+        check(post(server, url, json.dumps(case).encode(), "application/json"), v2=True,
+              refused=True)
     for name in ("nope", "%2e%2e", "..%2F..%2Fetc"):
         check(server.client.post(f"/v2/models/{name}/infer", json=cases[-1]), v2=True)
     header = struct.pack("<I", 0)

@@ -19,8 +19,11 @@ TopKQ = Annotated[int, Query(ge=1, le=1000, description="labels in `top`")]
              response_class=OrjsonResponse, summary="Classify audio or a spectrogram")
 async def classify(request: Request, service: Service, model: ModelQ = None,
                    version: VersionQ = None, top_k: TopKQ = 5) -> Response:
-    """Clip probabilities are the mean of the per-window probabilities (windows of the
-    model's ``window_frames`` frames; the last one padded with silence)."""
+    """Overlapping windows of the model's ``window_frames`` frames (a window every
+    ``window_hop_fraction`` of a window; the last one padded with silence). Clip
+    probabilities: per keyword its max over windows, the background classes their least
+    background window, renormalised; ``detections``: keyword windows over
+    ``detection_threshold``, merged per label."""
     request.state.model = service.model_label(model)
     with service.admitted():
         payload = await read_payload(request)
