@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from service.train.config import TrainConfig
+from service.train.config import CLASSIFIERS, DEFAULT_WIDTHS, TrainConfig
 from service.train.report import RESULT_FILE, read_json
 from service.train.results import (
     BY_NAME,
@@ -39,7 +39,8 @@ def run_config(args: argparse.Namespace, experiment: Experiment, seed: int) -> T
                        compressor=experiment.compressor, rate=experiment.rate,
                        hop_ms=experiment.hop_ms, epochs=args.epochs,
                        batch_size=args.batch_size, seed=seed, mixup=args.mixup,
-                       threads=args.threads)
+                       threads=args.threads, classifier=args.classifier,
+                       width=DEFAULT_WIDTHS[args.classifier])
 
 
 def run_all(args: argparse.Namespace, experiments: list[Experiment]) -> None:
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mixup", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--classifier", choices=CLASSIFIERS, default="cnn",
+                        help="cnn (~8 MFLOPs) or bcresnet (66 MFLOPs at full resolution), each "
+                             "at its own width")
     parser.add_argument("--only", nargs="+", choices=list(BY_NAME), default=None)
     parser.add_argument("--docs", default="docs")
     parser.add_argument("--report-only", action="store_true")

@@ -84,3 +84,13 @@ def test_a_run_from_before_the_option_resumes(tiny_data: Path, tmp_path: Path) -
     del saved["config"]["classifier"]
     checkpoint.save(saved, path)
     assert train(cfg, resume=True)["epochs"] == 2
+
+
+def test_experiments_train_the_chosen_classifier_at_its_width(tmp_path: Path) -> None:
+    from service.train.experiments import run_config
+    from service.train.results import BY_NAME
+
+    args = argparse.Namespace(data="d", out=tmp_path, epochs=1, batch_size=4, mixup=0.0,
+                              threads=1, classifier="bcresnet")
+    cfg = run_config(args, BY_NAME["diffres-0.5"], seed=0)
+    assert (cfg.classifier, cfg.width) == ("bcresnet", 40)
