@@ -23,9 +23,7 @@ import argparse
 import io
 import os
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.server import LocalServer  # noqa: E402
+from load_tests.wrk import drive, require_wrk  # noqa: E402
 from service.export import export_model_dir  # noqa: E402
 from service.frontend import LogMel  # noqa: E402
 from service.pipeline import AudioClassifier  # noqa: E402
@@ -48,21 +47,6 @@ LABELS = [f"class_{i}" for i in range(12)]
 MODELS = (("bcres-full", "full", 0.0), ("bcres-diffres-050", "diffres", 0.5),
           ("bcres-diffres-075", "diffres", 0.75))
 GOALS = {"bcres-diffres-050": 1.6, "bcres-diffres-075": 2.5}
-
-WRK_SCRIPT = """
-local f = io.open(os.getenv("BODY_FILE"), "rb")
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "application/x-npy"
-function done(summary, latency, requests)
-  local errors = summary.errors
-  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests,
-    errors.connect + errors.read + errors.write + errors.status + errors.timeout,
-    summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
-end
-"""
-
 
 def build_store(store: Path, seed: int) -> None:
     """Export the three models (random weights, ``seed``) as version 1 under ``store``."""
@@ -91,18 +75,6 @@ def check(url: str, model: str, body: bytes) -> None:
             raise SystemExit(f"{model}: HTTP {response.status}: {response.read()[:500]!r}")
 
 
-def drive(url: str, model: str, script: Path, body_file: Path, clients: int,
-          seconds: int) -> dict:
-    """Closed-loop wrk against ``/classify?model=model`` (wrk takes whole seconds)."""
-    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "-s", str(script),
-                          f"{url}/classify?model={model}"], capture_output=True, text=True,
-                         check=True, env=dict(os.environ, BODY_FILE=str(body_file))).stdout
-    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
-    n, errors, elapsed, p50, p99 = (float(v) for v in line.split()[1:])
-    return {"requests": int(n), "errors": int(errors), "rps": (n - errors) / elapsed,
-            "p50_ms": p50, "p99_ms": p99}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="per model per round")
@@ -112,8 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="seconds per model, first")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("benchmarks/served_cost.py needs wrk: apt-get install wrk")
+    require_wrk()  # before the export, not after
 
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/served_cost.py",
                                                  *(sys.argv[1:] if argv is None else argv)])
@@ -126,9 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"exported {', '.join(names)} (ONNX, seed {args.seed}) in "
               f"{time.perf_counter() - start:.0f} s")
         body = window_body()
-        body_file, script = tmp / "window.npy", tmp / "wrk.lua"
+        body_file = tmp / "window.npy"
         body_file.write_bytes(body)
-        script.write_text(WRK_SCRIPT)
         server = LocalServer(tmp / "server.log", args=[
             "--model-store", str(store), "--models", ",".join(names),
             "--default-model", names[0], "--version-policy", "latest",
@@ -138,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             for name in names:
                 check(server.url, name, body)
                 if args.warmup > 0:
-                    drive(server.url, name, script, body_file, args.clients, args.warmup)
+                    drive(f"{server.url}/classify?model={name}", body_file, args.clients,
+                          args.warmup)
             print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
                   f"{args.clients} connections, {args.seconds:g} s per model per round, "
                   f"max batch {args.max_batch_size}")
@@ -146,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                 order = names[r % len(names):] + names[:r % len(names)]
                 cells = []
                 for name in order:
-                    result = drive(server.url, name, script, body_file, args.clients,
-                                   args.seconds)
+                    result = drive(f"{server.url}/classify?model={name}", body_file,
+                                   args.clients, args.seconds)
                     results[name].append(result)
                     cells.append(f"{name} {result['rps']:.0f}")
                 print(f"  round {r + 1}: " + ", ".join(cells) + " req/s")

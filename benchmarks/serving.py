@@ -18,8 +18,6 @@ before this server does (~350 req/s here). It only targets 127.0.0.1.
 import argparse
 import io
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.server import LocalServer  # noqa: E402
+from load_tests.wrk import drive  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 from service.serving.backends import make_backend  # noqa: E402
@@ -76,43 +75,6 @@ def start_server(store: Path, model: str, max_batch: int) -> LocalServer:
                                   "--log-level", "warning"])
 
 
-WRK_SCRIPT = """
-local f = io.open(os.getenv("BODY_FILE"), "rb")
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "application/x-npy"
-local think = tonumber(os.getenv("THINK_MS") or "0")
-if think > 0 then
-  function delay() return math.random(0, math.floor(2 * think)) end
-end
-function done(summary, latency, requests)
-  local errors = summary.errors
-  io.write(string.format("RESULT %d %d %f %f %f %f\\n", summary.requests,
-    errors.connect + errors.read + errors.write + errors.status + errors.timeout,
-    summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(95) / 1e3,
-    latency:percentile(99) / 1e3))
-end
-"""
-
-
-def drive(url: str, body_file: Path, clients: int, seconds: float, rate: float = 0.0) -> dict:
-    """wrk against ``url``/classify: closed loop, or paced to about ``rate`` req/s."""
-    if shutil.which("wrk") is None:
-        raise SystemExit("benchmarks/serving.py needs wrk: apt-get install wrk")
-    script = body_file.with_suffix(".lua")
-    script.write_text(WRK_SCRIPT)
-    env = dict(os.environ, BODY_FILE=str(body_file),
-               THINK_MS=str(1000 * clients / rate if rate else 0))
-    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "-s", str(script),
-                          url + "/classify"], capture_output=True, text=True, check=True,
-                         env=env).stdout
-    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
-    n, errors, elapsed, p50, p95, p99 = (float(v) for v in line.split()[1:])
-    return {"requests": int(n), "errors": int(errors), "rps": (n - errors) / elapsed,
-            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99}
-
-
 def row(name: str, r: dict) -> str:
     return (f"{name:<34} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
             f"{r['p99_ms']:>8.1f} {r['errors']:>6}")
@@ -146,13 +108,13 @@ def main() -> None:
           f"({raw / raw1:.2f}x)")
     print(f"{'phase':<34} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     with start_server(args.model_store, args.model, args.max_batch_size) as server:
-        batched = drive(server.url, body_file, args.clients, args.seconds)
+        batched = drive(server.url + "/classify", body_file, args.clients, args.seconds)
         print(row(f"batched (max {args.max_batch_size}), closed loop", batched))
-        half = drive(server.url, body_file, args.clients, args.seconds,
+        half = drive(server.url + "/classify", body_file, args.clients, args.seconds,
                      rate=batched["rps"] / 2)
         print(row(f"batched, paced at {batched['rps'] / 2:.0f} req/s", half))
     with start_server(args.model_store, args.model, 1) as server:
-        single = drive(server.url, body_file, args.clients, args.seconds)
+        single = drive(server.url + "/classify", body_file, args.clients, args.seconds)
         print(row("batch size 1, closed loop", single))
     body_file.unlink(missing_ok=True)
     body_file.with_suffix(".lua").unlink(missing_ok=True)
