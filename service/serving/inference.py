@@ -7,6 +7,7 @@ results) runs on a thread pool, never on the event loop.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,13 @@ class Prepared:
     valid: np.ndarray  # [n]
     starts: np.ndarray  # [n] first frame of each window
     results: list[dict[str, np.ndarray]]  # one per window
+
+    @functools.cached_property
+    def frame_scores(self) -> np.ndarray:
+        """[T], one score per input frame (``windowing.frame_scores``): computed once for the
+        response and the output-frames metric."""
+        return W.frame_scores([r[FRAME_SCORES] for r in self.results], self.features.shape[0],
+                              self.starts)
 
 
 class InferenceService:
@@ -262,17 +270,14 @@ def _output_frames(p: Prepared) -> int:
     size = p.model.manifest.compressor.in_t_dim
     if len(p.starts) < 2 or p.starts[1] - p.starts[0] == size:
         return sum(_kept(p))
-    scores = W.frame_scores([r[FRAME_SCORES] for r in p.results], p.features.shape[0],
-                            p.starts)
-    return max(1, math.ceil(float(np.sum(scores, dtype=np.float64)) - 1e-4))
+    return max(1, math.ceil(float(np.sum(p.frame_scores, dtype=np.float64)) - 1e-4))
 
 
 def _common(p: Prepared) -> dict:
-    frames = p.features.shape[0]
-    scores = W.frame_scores([r[FRAME_SCORES] for r in p.results], frames, p.starts)
     return {"model": p.model.name, "version": p.model.version,
             "frame_hop_seconds": p.model.manifest.frontend.frame_hop_seconds,
-            "duration_seconds": p.duration_s, "input_frames": frames, "frame_scores": scores}
+            "duration_seconds": p.duration_s, "input_frames": p.features.shape[0],
+            "frame_scores": p.frame_scores}
 
 
 def _window_probs(p: Prepared) -> np.ndarray:
@@ -303,10 +308,8 @@ def clip_outputs(prepared: list[Prepared]) -> dict[str, np.ndarray]:
     """Clips of one length -> probabilities [B, C] (each ``windowing.aggregate`` over its
     windows, as in classify_result) and frame_scores [B, T] (padding left out)."""
     probs = [W.aggregate(_window_probs(p), p.model.manifest.labels) for p in prepared]
-    scores = [W.frame_scores([r[FRAME_SCORES] for r in p.results], p.features.shape[0],
-                             p.starts) for p in prepared]
     return {"probabilities": np.stack(probs).astype(np.float32),
-            "frame_scores": np.stack(scores)}
+            "frame_scores": np.stack([p.frame_scores for p in prepared])}
 
 
 def compress_result(p: Prepared) -> dict:
