@@ -68,7 +68,7 @@ RUN set -eu; \
 
 COPY service/ /src/service/
 RUN pip install --no-deps --no-build-isolation /src \
-    && python -c "import service.serving.app, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+    && python -c "import service.serving.http.app, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 
 # --- runtime: the venv, the model store, a non-root user -----------------------------------
 FROM python-base AS runtime

@@ -31,8 +31,8 @@ from load_tests.server import LocalServer  # noqa: E402
 from load_tests.wrk import drive  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
-from service.serving.backends import make_backend  # noqa: E402
-from service.serving.workers import plan_workers  # noqa: E402
+from service.serving.runtime.backend_registry import make_backend  # noqa: E402
+from service.serving.runtime.workers import plan_workers  # noqa: E402
 
 
 def window_body(manifest: Manifest, seed: int = 0) -> bytes:

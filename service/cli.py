@@ -10,7 +10,7 @@ import importlib
 import sys
 
 COMMANDS = [
-    "service.serving.cli",  # serve
+    "service.serving.http.serve_command",  # serve
     "service.predict",  # predict
     "service.export.cli",  # export
 ]

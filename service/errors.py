@@ -2,7 +2,7 @@
 
 Every error raised on purpose is a ``DiffresError`` with a stable machine ``code`` and a
 human ``message``. They carry no HTTP knowledge: the edge maps each serving error to a status
-code in one table (``service.serving.http_errors``). ``ExportError`` and its subclasses are
+code in one table (``service.serving.http.error_mapping``). ``ExportError`` and its subclasses are
 the offline exporter's (``service.export``) and never reach a request.
 """
 

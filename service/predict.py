@@ -16,9 +16,9 @@ import orjson
 
 from service.errors import DiffresError
 from service.manifest import BACKENDS, Manifest, verify_artifacts
-from service.serving.audio import decode_audio
-from service.serving.backends import make_backend
-from service.serving.windowing import split_windows, top_k
+from service.serving.dataplane.audio_decode import decode_audio
+from service.serving.dataplane.windowing import split_windows, top_k
+from service.serving.runtime.backend_registry import make_backend
 
 
 class Predictor:

@@ -75,7 +75,7 @@ def test_image_is_built_offline_small_context_non_root_and_torch_free(docker_dae
     assert "/app/healthcheck.py" in " ".join(cfg["Healthcheck"]["Test"])
     assert cfg["Labels"]["io.diffres.variant"] == "cpu"
 
-    probe = ("import importlib.util as u, os, onnxruntime, service.serving.app; "
+    probe = ("import importlib.util as u, os, onnxruntime, service.serving.http.app; "
              "print(os.getuid(), u.find_spec('torch') is None, onnxruntime.__version__)")
     out = docker_daemon.docker("run", "--rm", "--network", "none", "--entrypoint", "python",
                                cpu_image.tag, "-c", probe).stdout.split()

@@ -1,4 +1,4 @@
-"""Hand-made bad inputs for tests/serving/test_bad_input.py: each case is (name, body,
+"""Hand-made bad inputs for tests/serving/http/test_bad_input.py: each case is (name, body,
 [content type,] expected (status, code) or None for "any documented 4xx"). Every case
 listed here must be refused with a 4xx; a 200 fails the test."""
 

@@ -58,7 +58,7 @@ def wait_ready(client, timeout: float = 60.0) -> None:
 def onnx_client(model_store):
     from fastapi.testclient import TestClient
 
-    from service.serving.app import create_app
+    from service.serving.http.app import create_app
 
     with TestClient(create_app(make_settings(model_store))) as client:
         wait_ready(client)

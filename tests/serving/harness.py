@@ -101,7 +101,7 @@ def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
 async def asgi_client(settings, timeout: float = 60.0):
     """The app with its lifespan running in this loop, models loaded, and an httpx client
     talking ASGI to it."""
-    from service.serving.app import create_app
+    from service.serving.http.app import create_app
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -224,7 +224,7 @@ class FaultyBackend:
 
 def install_faults(monkeypatch, faults: Faults) -> None:
     """Every model backend the repository builds from now on is a ``FaultyBackend``."""
-    from service.serving import repository
+    from service.serving.runtime import model_repository as repository
 
     real = repository.make_backend
 

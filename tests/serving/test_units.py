@@ -14,18 +14,18 @@ import soundfile as sf
 from service import errors
 from service.cli import build_parser
 from service.config import Settings
-from service.serving import windowing as W
-from service.serving.audio import decode_audio
-from service.serving.cli import settings_from_args
-from service.serving.codecs import (
+from service.serving.dataplane import windowing as W
+from service.serving.dataplane.audio_decode import decode_audio
+from service.serving.dataplane.spectrogram_codec import (
     spectrogram_from_json,
     spectrogram_from_npy,
     validate_spectrogram,
 )
-from service.serving.http_errors import STATUS, status_of
-from service.serving.routes.deps import until_disconnect
-from service.serving.store import scan_store
-from service.serving.workers import plan_workers, resolve_devices
+from service.serving.http.error_mapping import STATUS, status_of
+from service.serving.http.routes.dependencies import until_disconnect
+from service.serving.http.serve_command import settings_from_args
+from service.serving.runtime.model_store import scan_store
+from service.serving.runtime.workers import plan_workers, resolve_devices
 from tests.serving.conftest import sine
 
 

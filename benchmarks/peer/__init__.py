@@ -1,0 +1,1 @@
+"""Peer servers the benchmarks compare ours with; each runs under its own interpreter."""

@@ -1,0 +1,62 @@
+"""``create_app(settings)``: assembles routers, middleware, error mapping and the lifespan
+that loads (and at shutdown drains and releases) the models. Nothing else lives here.
+
+The lifespan's startup fails (uvicorn exits with status 3) when ``default_model`` is not in
+the store; see ``ModelRepository.check_default_model``."""
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from service.config import Settings, get_settings
+from service.serving.dataplane.inference_service import build_service
+from service.serving.http import error_mapping
+from service.serving.http import security
+from service.serving.http.middleware import EdgeMiddleware
+from service.serving.http.routes import admin_api, health_api, inference_api, models_api, v2_api
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    service = build_service(settings)
+    metrics = service.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("settings: %s", settings.masked())
+        service.check_startup()  # fails the startup: see model_repository.py
+        loader = asyncio.create_task(service.start(), name="load-models")
+        app.state.loader = loader
+        try:
+            yield
+        finally:
+            service.begin_drain()
+            if not loader.done():
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
+            await service.stop()
+            log.info("stopped")
+
+    # /docs and /redoc from bundled assets, not a CDN: they render on air-gapped hosts too.
+    app: FastAPI = FastAPIOffline(title="diffres-serve", version="1.0",
+                  description="DiffRes audio classifiers behind a dynamic batcher. "
+                  "See docs/API.md for inputs, outputs, errors and metrics.",
+                  lifespan=lifespan)
+    app.state.settings, app.state.metrics, app.state.service = settings, metrics, service
+
+    for router in (inference_api.router, models_api.router, health_api.router, v2_api.router):
+        app.include_router(router)
+    if settings.admin_key is not None:  # else every /admin path is 404
+        app.include_router(admin_api.router)
+    error_mapping.install(app)
+    security.install(app, settings)  # inside the edge middleware: added before it
+    app.add_middleware(EdgeMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes,
+                       inflight=service.requests, draining=lambda: not service.accepting)
+    return app
