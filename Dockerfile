@@ -92,8 +92,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     DIFFRES_LOG_JSON=true
 USER 10001:10001
 EXPOSE 8000
-# tini (PID 1) forwards SIGTERM to the server, which drains (up to DIFFRES_DRAIN_TIMEOUT_S,
-# default 30 s) and exits 0; give `docker stop` / compose a longer grace period than that.
+# tini (PID 1) forwards SIGTERM to the server, which drains (DIFFRES_DRAIN_GRACE_S, default
+# 5 s, then up to DIFFRES_DRAIN_TIMEOUT_S, default 30 s) and exits 0; give `docker stop` /
+# compose a longer grace period than the two together.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/app/healthcheck.py"]

@@ -10,6 +10,10 @@ could be taken in between by any other process on a shared machine, which would 
 our requests.) ``start()`` returns once /readyz answers 200 (raises, with the log's tail,
 when the process exits, a model fails to load, or the timeout passes); ``stop()``
 sends SIGTERM and waits for the drain, then kills if it must. Standard library only.
+
+No load balancer routes to a local server, so it runs without the drain's grace period
+(``DIFFRES_DRAIN_GRACE_S=0``, see docs/API.md): ``stop()`` does not wait seconds for nobody.
+``env`` (or the environment) can set one.
 """
 
 import ipaddress
@@ -26,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ENV = {"DIFFRES_DRAIN_GRACE_S": "0"}  # under the environment and ``env``
 
 
 _STARTED = re.compile(rb"Uvicorn running on https?://[^\s:]+:(\d+)")
@@ -124,8 +129,9 @@ class LocalServer:
                    "--port", "0", *self.args]
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=ROOT, env=os.environ | self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            env = DEFAULT_ENV | os.environ | self.env
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
 
     def _wait_ready(self) -> None:
         give_up = time.monotonic() + self.ready_timeout

@@ -6,6 +6,7 @@ environment. ``get_settings()`` is the cached getter ``create_app`` falls back o
 the app's instance from ``app.state``.
 """
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -86,6 +87,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    processes: int = Field(1, ge=0, description="serving processes sharing the port, each "
+                           "with its own event loop, batchers and workers; 0: one per core")
     model_store: Path = Path("model_store")
     models: CommaList = Field(default_factory=list, description="models to load; empty: all")
     default_model: str = Field("kws12-diffres", description="model used when a request "
@@ -118,7 +121,13 @@ class Settings(BaseSettings):
                                        "1: back to back")
     detection_threshold: float = Field(0.5, gt=0, le=1, description="a keyword window at or "
                                        "above this probability is a /classify detection")
-    drain_timeout_s: float = Field(30.0, ge=0)
+    drain_grace_s: float = Field(5.0, ge=0, description="on SIGTERM: keep listening and "
+                                 "answering (503 shutting_down, Connection: close) this long "
+                                 "after /readyz turns 503, so load balancers stop routing here "
+                                 "before the port closes (Kubernetes takes a few seconds to "
+                                 "remove an endpoint; 5 s is also uvicorn's keep-alive timeout)")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, after the grace: time "
+                                   "for in-flight requests to finish")
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     poll_interval_s: float = Field(0.0, ge=0, description="rescan the model store every N s "
@@ -142,9 +151,25 @@ class Settings(BaseSettings):
             return None
         return value
 
+    def process_count(self) -> int:
+        """Serving processes: ``processes``, or one per usable core when it is 0."""
+        return self.processes or usable_cores()
+
+    def cores_per_process(self) -> int:
+        """The cores one serving process plans its threads with."""
+        return max(1, usable_cores() // self.process_count())
+
     def masked(self) -> dict[str, Any]:
         """JSON-safe dump with secrets shown as ``**********``."""
         return self.model_dump(mode="json")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @lru_cache

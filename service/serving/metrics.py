@@ -2,8 +2,15 @@
 
 Histograms are in seconds with buckets suited to millisecond latencies. Each app builds its
 own ``Metrics`` (and ``CollectorRegistry``) so tests can create many apps in one process.
+
+When several processes serve one port, the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
+before it starts them: every process then writes its values there and ``render`` sums them
+(prometheus_client's multiprocess mode), so a scrape that reaches any one process sees the
+whole server. Gauges say how to combine: queue depth and in-flight requests add up over the
+live processes, ``model_info`` is 1 when any live process serves the version.
 """
 
+import os
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -13,6 +20,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -20,6 +28,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client at import
 
 
 class Metrics:
@@ -40,9 +49,9 @@ class Metrics:
         self.batch_size = Histogram("diffres_batch_size", "Windows per batch.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("diffres_queue_depth", "Windows waiting in the batch queue.",
-                                 ["model"], registry=r)
+                                 ["model"], registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge("diffres_inflight_requests", "Inference requests being served.",
-                              registry=r)
+                              registry=r, multiprocess_mode="livesum")
         self.audio_seconds = Counter("diffres_audio_seconds", "Seconds of input audio served.",
                                      ["model"], registry=r)
         self.input_frames = Counter("diffres_input_frames", "Spectrogram frames fed to models.",
@@ -54,12 +63,17 @@ class Metrics:
             "diffres_worker_replacements", "Workers replaced after a hung batch or a failed "
             "probe.", ["model"], registry=r)
         self.model_info = Gauge("diffres_model_info", "1 for every model version being served.",
-                                ["model", "version", "backend", "device"], registry=r)
+                                ["model", "version", "backend", "device"], registry=r,
+                                multiprocess_mode="livemax")
 
     def for_model(self, model: str) -> "ModelMetrics":
         return ModelMetrics(self, model)
 
     def render(self) -> bytes:
+        if MULTIPROC_ENV in os.environ:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)
 
 

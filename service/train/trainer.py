@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from service.config import usable_cores
 from service.train import checkpoint
-from service.train.config import TrainConfig, resolve_device, usable_cores, with_defaults
+from service.train.config import TrainConfig, resolve_device, with_defaults
 from service.train.cost import model_costs
 from service.train.data import (
     Split,

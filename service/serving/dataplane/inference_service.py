@@ -32,6 +32,7 @@ from service.errors import (
 from service.serving.dataplane import v2_codec as v2
 from service.serving.dataplane import windowing as W
 from service.serving.dataplane.audio_decode import check_frame_length, decode_audio, resample
+from service.serving.dataplane.form_upload import uploaded_file
 from service.serving.dataplane.results import (
     Prepared,
     classify_result,
@@ -47,6 +48,7 @@ from service.serving.dataplane.spectrogram_codec import (
     validate_spectrogram,
 )
 from service.serving.metrics import Metrics
+from service.serving.process_group import ProcessGroup
 from service.serving.runtime.inflight import InFlight
 from service.serving.runtime.model_repository import ModelRepository, ModelState, ServedModel
 
@@ -55,21 +57,45 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Payload:
-    """Request body as received: audio file bytes, or a spectrogram as JSON or .npy."""
+    """Request body as received: an audio file (bare, or the ``file`` field of a multipart
+    form, parsed with the rest on the thread pool), or a spectrogram as JSON or .npy."""
 
-    kind: Literal["audio", "json", "npy"]
+    kind: Literal["audio", "multipart", "json", "npy"]
     data: bytes
+    content_type: str = ""  # the full header of a multipart body (its boundary)
 
 
-def build_service(settings: Settings) -> "InferenceService":
-    """The service with its own metrics and model repository: what the app assembles."""
+def build_service(settings: Settings, group: ProcessGroup | None = None) -> "InferenceService":
+    """The service with its own metrics and model repository: what the app assembles.
+    ``group``: this process's siblings when several serve one port."""
     metrics = Metrics()
-    return InferenceService(settings, ModelRepository(settings, metrics), metrics)
+    return InferenceService(settings, ModelRepository(settings, metrics), metrics, group)
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """One input ready for the batcher: its [T, F] features and their model windows."""
+
+    features: np.ndarray
+    duration_s: float
+    windows: np.ndarray  # [n, size, F]
+    valid: np.ndarray  # [n] real frames per window
+    starts: np.ndarray  # [n] first frame of each window
+
+
+def windowed(model: ServedModel, features: np.ndarray, duration_s: float, hop: int
+             ) -> Windowed:
+    size = model.manifest.compressor.in_t_dim
+    windows, valid = W.split_windows(features, size, model.pad_value, hop)
+    return Windowed(features, duration_s, windows, valid,
+                    W.window_starts(features.shape[0], size, hop))
 
 
 class InferenceService:
-    def __init__(self, settings: Settings, repository: ModelRepository, metrics: Metrics):
+    def __init__(self, settings: Settings, repository: ModelRepository, metrics: Metrics,
+                 group: ProcessGroup | None = None):
         self.settings, self.repository, self.metrics = settings, repository, metrics
+        self.group = group
         self.accepting = True
         self.inflight = 0
         self._pool = ThreadPoolExecutor(settings.feature_threads, thread_name_prefix="features")
@@ -89,6 +115,8 @@ class InferenceService:
 
     async def start(self) -> None:
         await self.repository.start()
+        if self.group is not None:
+            self.group.mark_loaded()
 
     async def stop(self) -> None:
         """Refuse new requests, let batchers finish what is queued, release the workers."""
@@ -120,8 +148,11 @@ class InferenceService:
         repo = self.repository
         if not self.accepting:
             raise NotReady("server is shutting down", code="shutting_down")
-        if repo.ready:
+        if repo.ready and (self.group is None or not self.group.still_loading()):
             return
+        if repo.ready:
+            raise NotReady(f"not ready: {self.group.still_loading()} of {self.group.size} "
+                           "serving processes still loading their models")
         states = ", ".join(f"{m['name']}/{m['version']}: {m['state']}"
                            + (f" ({m['reason']})" if m["reason"] else "")
                            for m in repo.describe())
@@ -130,9 +161,15 @@ class InferenceService:
         default = repo.default_model_problem() if repo.loaded.is_set() else None
         raise NotReady(f"not ready: {default + '; ' if default else ''}{states}")
 
-    async def reload(self, name: str | None = None) -> dict[str, dict]:
-        """Rescan one model (or all) in the store and apply what changed."""
-        return await self.repository.reload(name)
+    async def reload(self, name: str | None = None, *, from_peer: bool = False
+                     ) -> dict[str, dict]:
+        """Rescan one model (or all) in the store and apply what changed; then the sibling
+        processes do the same (unless the request came from one of them). The result is
+        this process's."""
+        result = await self.repository.reload(name)
+        if self.group is not None and not from_peer:
+            self.group.reload_others()
+        return result
 
     def v2_metadata(self, name: str, version: str | None) -> dict:
         model = self._resolve_v2(name, version)
@@ -240,11 +277,8 @@ class InferenceService:
         if windows.ndim != 3 or windows.shape[1] != c.in_t_dim:
             raise InvalidInput(f"windows must be [B, {c.in_t_dim}, {f.n_mels}], got "
                                f"{list(windows.shape)}")
-        spec = await self.offload(validate_spectrogram, windows.reshape(-1, windows.shape[2]),
-                                  f.n_mels, self._max_frames(model), f.value_range,
-                                  deadline=deadline)
-        (p,) = await self._run(model, [(spec, spec.shape[0] * f.frame_hop_seconds)], deadline,
-                               c.in_t_dim)
+        spec = await self.offload(self._spectrogram_windows, model, windows, deadline=deadline)
+        (p,) = await self._run(model, [spec], deadline)
         return {name: np.stack([r[name] for r in p.results]) for name in p.results[0]}
 
     async def classify_waveforms(self, model: ServedModel, waves: np.ndarray,
@@ -255,9 +289,9 @@ class InferenceService:
         windows, as /classify) and ``frame_scores`` [B, T] (T = 1 + N' // hop_length, N'
         samples at the model's rate)."""
         deadline = self._deadline()
-        features = await self.offload(self._waveform_features, model, waves, sample_rate,
-                                      deadline=deadline)
-        return clip_outputs(await self._run(model, features, deadline, self._hop(model)))
+        clips = await self.offload(self._waveform_windows, model, waves, sample_rate,
+                                   self._hop(model), deadline=deadline)
+        return clip_outputs(await self._run(model, clips, deadline))
 
     def _hop(self, model: ServedModel) -> int:
         """Frames between /classify window starts (``window_hop_fraction`` of a window)."""
@@ -271,47 +305,56 @@ class InferenceService:
 
     async def _prepare(self, model: ServedModel, payload: Payload, hop: int) -> Prepared:
         deadline = self._deadline()
-        features, duration = await self.offload(self._features, model, payload,
-                                                deadline=deadline)
-        (prepared,) = await self._run(model, [(features, duration)], deadline, hop)
+        windowed = await self.offload(self._payload_windows, model, payload, hop,
+                                      deadline=deadline)
+        (prepared,) = await self._run(model, [windowed], deadline)
         return prepared
 
-    async def _run(self, model: ServedModel, inputs: list[tuple[np.ndarray, float]],
-                   deadline: float, hop: int) -> list[Prepared]:
-        """Window every ([T, F], duration) of ``inputs`` (a window every ``hop`` frames),
-        submit all the windows as one request to the batcher (one admission) and give each
-        input its results."""
-        size = model.manifest.compressor.in_t_dim
-        split = [W.split_windows(features, size, model.pad_value, hop)
-                 for features, _ in inputs]
-        windows = split[0][0] if len(split) == 1 else np.concatenate([w for w, _ in split])
+    async def _run(self, model: ServedModel, inputs: list[Windowed], deadline: float
+                   ) -> list[Prepared]:
+        """Submit the windows of every input as one request to the batcher (one admission)
+        and give each input its results."""
+        windows = inputs[0].windows if len(inputs) == 1 else np.concatenate(
+            [w.windows for w in inputs])
         results = await model.batcher.submit(windows, deadline)
         if len(results) != len(windows):
             raise InferenceFailed(f"{len(results)} results for {len(windows)} windows")
         prepared, start = [], 0
-        for (features, duration), (w, valid) in zip(inputs, split, strict=True):
-            p = Prepared(model, features, duration, w, valid, W.window_starts(
-                features.shape[0], size, hop), results[start:start + len(w)])
-            start += len(w)
+        for w in inputs:
+            p = Prepared(model, w.features, w.duration_s, w.windows, w.valid, w.starts,
+                         results[start:start + len(w.windows)])
+            start += len(w.windows)
             self._count(p)
             prepared.append(p)
         return prepared
 
-    def _features(self, model: ServedModel, payload: Payload) -> tuple[np.ndarray, float]:
-        """[T, F] log-mel and the input's duration in seconds (runs on the thread pool)."""
+    # Thread-pool side: everything from the body to the model's windows.
+    def _payload_windows(self, model: ServedModel, payload: Payload, hop: int) -> Windowed:
+        """The body's [T, F] log-mel, its duration, and its windows (a window every ``hop``
+        frames)."""
         f = model.manifest.frontend
-        if payload.kind == "audio":
-            wave = decode_audio(payload.data, f.sample_rate, self.settings.max_audio_seconds)
-            return self._log_mel(model, wave), len(wave) / f.sample_rate
+        if payload.kind in ("audio", "multipart"):
+            data = payload.data if payload.kind == "audio" else uploaded_file(
+                payload.data, payload.content_type)
+            wave = decode_audio(data, f.sample_rate, self.settings.max_audio_seconds)
+            return windowed(model, self._log_mel(model, wave), len(wave) / f.sample_rate, hop)
         parse = spectrogram_from_json if payload.kind == "json" else spectrogram_from_npy
         max_frames = self._max_frames(model)
         spec = validate_spectrogram(parse(payload.data, max_frames * f.n_mels), f.n_mels,
                                     max_frames, f.value_range)
-        return spec, spec.shape[0] * f.frame_hop_seconds
+        return windowed(model, spec, spec.shape[0] * f.frame_hop_seconds, hop)
 
-    def _waveform_features(self, model: ServedModel, waves: np.ndarray,
-                           sample_rate: int) -> list[tuple[np.ndarray, float]]:
-        """[B, N] clips -> ([T, F] log-mel, seconds) per row (runs on the thread pool)."""
+    def _spectrogram_windows(self, model: ServedModel, windows: np.ndarray) -> Windowed:
+        """[B, in_t_dim, F] model windows, checked as a /classify spectrogram, back to back."""
+        f = model.manifest.frontend
+        spec = validate_spectrogram(windows.reshape(-1, windows.shape[2]), f.n_mels,
+                                    self._max_frames(model), f.value_range)
+        return windowed(model, spec, spec.shape[0] * f.frame_hop_seconds,
+                        model.manifest.compressor.in_t_dim)
+
+    def _waveform_windows(self, model: ServedModel, waves: np.ndarray, sample_rate: int,
+                          hop: int) -> list[Windowed]:
+        """[B, N] clips -> per row its log-mel, seconds and windows."""
         f = model.manifest.frontend
         if waves.ndim != 2 or waves.size == 0 or sample_rate < 1:
             raise InvalidInput(f"waveforms must be a non-empty [B, N] at a positive sample "
@@ -325,7 +368,8 @@ class InferenceService:
         features = []
         for row in waves.astype(np.float32, copy=False):
             wave = resample(row, sample_rate, f.sample_rate)
-            features.append((self._log_mel(model, wave), len(wave) / f.sample_rate))
+            features.append(windowed(model, self._log_mel(model, wave),
+                                     len(wave) / f.sample_rate, hop))
         return features
 
     @staticmethod

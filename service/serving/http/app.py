@@ -14,18 +14,26 @@ from fastapi_offline import FastAPIOffline
 
 from service.config import Settings, get_settings
 from service.serving.dataplane.inference_service import build_service
-from service.serving.http import error_mapping
-from service.serving.http import security
+from service.serving.http import error_mapping, security
 from service.serving.http.middleware import EdgeMiddleware
 from service.serving.http.routes import admin_api, health_api, inference_api, models_api, v2_api
+from service.serving.process_group import RELOAD_SIGNAL, ProcessGroup
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, group: ProcessGroup | None = None) -> FastAPI:
+    """``group``: this process's siblings when several serve one port (see
+    ``process_supervisor``); their reloads reach this one as ``RELOAD_SIGNAL``."""
     settings = settings or get_settings()
-    service = build_service(settings)
+    service = build_service(settings, group)
     metrics = service.metrics
+
+    async def reload_from_peer() -> None:
+        try:
+            await service.reload(from_peer=True)
+        except Exception:
+            log.exception("reload asked by a sibling process failed")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -33,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.check_startup()  # fails the startup: see model_repository.py
         loader = asyncio.create_task(service.start(), name="load-models")
         app.state.loader = loader
+        if group is not None:
+            asyncio.get_running_loop().add_signal_handler(
+                RELOAD_SIGNAL, lambda: asyncio.ensure_future(reload_from_peer()))
         try:
             yield
         finally:

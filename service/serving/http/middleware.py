@@ -10,10 +10,11 @@ the server drains, every response carries ``Connection: close``, so no client se
 request on a kept-alive connection the server is about to close.
 """
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,6 +27,10 @@ from service.serving.metrics import Metrics
 
 log = logging.getLogger("service.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Generated ids: 16 random hex digits per process, then a 16-digit counter: unique across
+# the processes of a server, and cheaper than a uuid4 per request (~4 % of the event loop).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
 UNTIMED = {"/metrics"}
 QUIET = {"/healthz", "/readyz"}  # probes: logged at debug level
 
@@ -116,7 +121,7 @@ def _request_id(scope: Scope) -> str:
             candidate = value.decode("latin-1").strip()
             if _VALID_ID.match(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _content_length(scope: Scope) -> int | None:

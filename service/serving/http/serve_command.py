@@ -29,10 +29,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.serving.http.process_supervisor import run as serve
     from service.serving.http.request_logging import configure_logging
-    from service.serving.http.server import serve
 
     settings = settings_from_args(args)
     configure_logging(settings.log_json, settings.log_level)
-    serve(settings)
-    return 0
+    return serve(settings)

@@ -32,8 +32,8 @@ which runs after startup so that liveness answers meanwhile, and a reload can fi
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -106,7 +106,7 @@ class ServedModel:
         assert self.entry.manifest is not None
         return self.entry.manifest
 
-    @property
+    @functools.cached_property
     def pad_value(self) -> np.ndarray:
         """[F]: the front end's output for digital silence, what pads a short window."""
         return np.asarray(self.manifest.frontend.silence, np.float32)
@@ -200,7 +200,7 @@ class ModelRepository:
         if not entries:
             log.error("no model found in %s", s.model_store)
         devices = resolve_devices(s.devices, await asyncio.to_thread(visible_gpu_count, s.backend))
-        self._specs = plan_workers(devices, s.instances_per_device, os.cpu_count() or 1,
+        self._specs = plan_workers(devices, s.instances_per_device, s.cores_per_process(),
                                    models=planned_versions(s.version_policy, entries),
                                    intra_op_threads=s.intra_op_threads)
         for name in dict.fromkeys(e.name for e in entries):

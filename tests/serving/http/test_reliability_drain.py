@@ -2,19 +2,35 @@
 503 ``shutting_down`` with ``Connection: close`` until the process exits 0, and no request
 is lost (every request sent gets an answer).
 
-Every step waits for an event, never for a guessed time: the long request is admitted with
-half its body sent and gets the rest only after the clients have been refused, so it is in
-flight at SIGTERM and keeps the server draining (not exited) for as long as the test needs.
+The first test holds a long request in flight, so the server keeps draining (not exited) for
+as long as the test needs: every step waits for an event, never for a guessed time. The
+second talks the way load balancers do, with nothing long in flight, so the process exits
+while clients still send: pooled keep-alive connections in closed loops that route to the
+server until the balancer's health check sees /readyz 503, across the whole drain grace
+period and the exit.
 """
 
 import asyncio
+import io
+import math
 import signal
+import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 
-from tests.serving.harness import LiveServer, eventually, metric_samples, wav_bytes
+from tests.serving.conftest import IN_T_DIM, N_MELS, make_settings
+from tests.serving.harness import (
+    LiveServer,
+    asgi_client,
+    eventually,
+    metric_samples,
+    wait_until,
+    wav_bytes,
+)
 
 HEADERS = {"content-type": "audio/wav"}
 LONG_S = 600  # seconds of audio (FLAC) in the request that is in flight at SIGTERM
@@ -114,3 +130,140 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_loses_nothing(mod
     assert r["slow"].json()["input_frames"] == 1 + 16000 * LONG_S // 160
     assert r["exit"] == 0
     assert "draining" in server.log()
+
+
+POOLS = 32  # a load balancer's connection pools for this server, one kept-alive connection each
+HEALTH_PERIOD_S = 0.5  # its health check of /readyz
+GRACE_S = 2.0  # drain_grace_s of the server: longer than the balancer takes to notice
+POOL_DRAIN_S = 20.0  # its drain_timeout_s; nothing long is in flight, so it is never used up
+NPY = {"content-type": "application/x-npy"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sent: float  # time.monotonic() before the request was sent
+    status: int | str  # the HTTP status; "refused": no connection, nothing sent; "lost"
+    code: str  # the error code of a non-200, or the exception that lost it
+    connection: str | None  # the Connection header of the answer
+
+
+class Balancer:
+    """What a load balancer does with one backend: a health check of /readyz every
+    ``HEALTH_PERIOD_S`` on a fresh connection; from its first failure (``out``) it routes no
+    new request there. Until then its pools keep sending, 503s or not."""
+
+    def __init__(self, base: str) -> None:
+        self.base, self.out, self.out_at = base, threading.Event(), math.inf
+
+    def run(self) -> None:
+        while not self.out.wait(HEALTH_PERIOD_S):
+            if _unready(self.base):
+                self.out_at = time.monotonic()
+                self.out.set()
+
+    def pool(self, body: bytes, outcomes: list["Outcome"]) -> None:
+        """One pool in a closed loop until the backend is out (or refuses a connection)."""
+        with httpx.Client(timeout=60) as client:
+            while not self.out.is_set():
+                outcome = _post(client, f"{self.base}/classify", body)
+                outcomes.append(outcome)
+                if outcome.status in ("refused", "lost"):
+                    return
+
+
+def _unready(base: str) -> bool:
+    """/readyz on a fresh connection answers 503 (or nothing answers any more)."""
+    try:
+        return httpx.get(f"{base}/readyz", timeout=10).status_code == 503
+    except httpx.TransportError:
+        return True
+
+
+def _window_npy() -> bytes:
+    """One model window, [in_t_dim, n_mels] float32 log-mels, as .npy."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(0).normal(-8, 2, (IN_T_DIM, N_MELS)).astype("<f4"))
+    return buffer.getvalue()
+
+
+def _post(client: httpx.Client, url: str, body: bytes) -> Outcome:
+    """One request; a connection refused sent nothing, any other transport error after the
+    connection was made lost a request that was sent."""
+    sent = time.monotonic()
+    try:
+        r = client.post(url, content=body, headers=NPY)
+    except httpx.ConnectError:
+        return Outcome(sent, "refused", "", None)
+    except httpx.HTTPError as exc:
+        return Outcome(sent, "lost", type(exc).__name__, None)
+    code = "" if r.status_code == 200 else r.json()["error"]["code"]
+    return Outcome(sent, r.status_code, code, r.headers.get("connection"))
+
+
+def _watch_exit(proc, since: float, exited: dict[str, float]) -> None:
+    """Records the exit status and when it came (seconds after ``since``)."""
+    exited["code"] = proc.wait()
+    exited["after"] = time.monotonic() - since
+
+
+def test_sigterm_behind_a_load_balancer_answers_every_request(model_store, tmp_path, capsys):
+    server = LiveServer(model_store, tmp_path / "server.log", models="kws12-diffres",
+                        intra_op_threads=1, drain_grace_s=GRACE_S,
+                        drain_timeout_s=POOL_DRAIN_S).wait_ready()
+    balancer, body, pools = Balancer(server.base), _window_npy(), [[] for _ in range(POOLS)]
+    threads = [threading.Thread(target=balancer.run, daemon=True)] + [
+        threading.Thread(target=balancer.pool, args=(body, o), daemon=True) for o in pools]
+    exited: dict[str, float] = {}
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(sum(o.status == 200 for o in p) >= 3 for p in pools),
+                   what="every pool served on its kept-alive connection")
+        proc = server.proc
+        proc.send_signal(signal.SIGTERM)
+        sigterm_at = time.monotonic()
+        threading.Thread(target=_watch_exit, args=(proc, sigterm_at, exited),
+                         daemon=True).start()
+        for thread in threads:
+            thread.join(120)
+        wait_until(lambda: "after" in exited, GRACE_S + POOL_DRAIN_S + 60, "the exit")
+    finally:
+        balancer.out.set()
+        server.stop()
+    outcomes = [o for p in pools for o in p]
+    lost = [o for o in outcomes if o.status == "lost"]
+    statuses = [o.status for o in outcomes]
+    noticed = balancer.out_at - sigterm_at
+    with capsys.disabled():
+        print(f"\nbalanced drain: {len(outcomes)} requests from {POOLS} pools: "
+              f"{statuses.count(200)} answered 200, {statuses.count(503)} answered 503, "
+              f"{statuses.count('refused')} connections refused, {len(lost)} lost; the "
+              f"balancer saw /readyz 503 {noticed:.2f} s after SIGTERM; exit {exited['code']} "
+              f"{exited['after']:.2f} s after SIGTERM (grace {GRACE_S} s)")
+    assert not lost, f"{len(lost)} sent, never answered: {Counter(o.code for o in lost)}"
+    assert set(statuses) <= {200, 503, "refused"}, statuses
+    assert all((o.code, o.connection) == ("shutting_down", "close")
+               for o in outcomes if o.status == 503)
+    assert all(o.sent < sigterm_at for o in outcomes if o.status == 200)  # accepted before
+    assert noticed < GRACE_S  # the balancer heard it while the server still answered
+    assert exited["code"] == 0
+    assert GRACE_S <= exited["after"] <= GRACE_S + POOL_DRAIN_S
+
+
+def test_every_answer_while_draining_closes_its_connection(model_store):
+    """Probes and scrapes too, not only inference: a pool that only checks health must not
+    keep an idle connection that the exit would close under its next request."""
+    paths = ("/healthz", "/readyz", "/metrics", "/models", "/nowhere")
+
+    async def scenario() -> dict[str, tuple[int, str | None]]:
+        async with asgi_client(make_settings(model_store)) as (app, client):
+            app.state.service.begin_drain()
+            answers = {p: await client.get(p) for p in paths}
+            answers["/classify"] = await client.post("/classify", content=_window_npy(),
+                                                     headers=NPY)
+        return {p: (r.status_code, r.headers.get("connection")) for p, r in answers.items()}
+
+    answers = asyncio.run(scenario())
+    assert {p: c for p, (_, c) in answers.items()} == dict.fromkeys(answers, "close")
+    assert answers["/healthz"][0] == 200 and answers["/readyz"][0] == 503
+    assert answers["/classify"][0] == 503

@@ -25,7 +25,6 @@ from service.config import Settings, VersionPolicy
 from service.errors import ConfigError
 from service.serving.http.app import create_app
 from service.serving.metrics import Metrics
-from service.serving.runtime import model_repository as repository_module
 from service.serving.runtime.model_repository import ModelRepository
 from service.serving.runtime.model_store import scan_store
 from service.serving.runtime.version_plan import planned_versions
@@ -176,7 +175,7 @@ def test_thread_plan_counts_served_versions_only(three_versions):
 
 def test_the_served_version_gets_the_cores_of_the_store_versions_it_does_not_share(
         three_versions, monkeypatch):
-    monkeypatch.setattr(repository_module.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr("service.config.usable_cores", lambda: 4)
     settings = one_model(three_versions, intra_op_threads=0)
 
     async def main():

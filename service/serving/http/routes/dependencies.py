@@ -6,9 +6,8 @@ from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from starlette.datastructures import UploadFile
 
-from service.errors import ClientDisconnected, InvalidParameter, UnsupportedMedia
+from service.errors import ClientDisconnected, UnsupportedMedia
 from service.serving.dataplane.inference_service import InferenceService, Payload
 
 T = TypeVar("T")
@@ -29,16 +28,10 @@ Service = Annotated[InferenceService, Depends(get_service)]
 
 async def read_payload(request: Request) -> Payload:
     """Body -> Payload by content type: multipart ``file``, ``audio/*``, JSON or .npy."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=16)
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise InvalidParameter("multipart body needs a file field named 'file'")
-            return Payload("audio", await upload.read())
-        finally:
-            await form.close()
+    header = request.headers.get("content-type", "")
+    ctype = header.split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":  # parsed on the thread pool (dataplane.form_upload)
+        return Payload("multipart", await request.body(), header)
     if ctype.startswith("audio/") or ctype in AUDIO_TYPES:
         kind = "audio"
     elif ctype == "application/json":
