@@ -121,3 +121,24 @@ def test_an_8_khz_clip_is_measured_after_resampling():
     sf.write(raw, sine(0.03, 8000), 8000, format="WAV")  # 240 samples -> 480 at 16 kHz
     wave = audio.decode_audio(raw.getvalue(), 16000, 30.0)
     audio.check_frame_length(len(wave), LOG_MEL)
+
+
+@pytest.mark.parametrize("rate,channels,frames", [(16000, 1, 16000), (44100, 2, 44101),
+                                                  (8000, 3, 999), (16000, 1, 300000)])
+def test_the_fast_pcm16_wav_path_gives_libsndfiles_samples(monkeypatch, rate, channels, frames):
+    rng = np.random.default_rng(frames)
+    buffer = io.BytesIO()
+    sf.write(buffer, rng.uniform(-1, 1, (frames, channels)), rate, "PCM_16", format="WAV")
+    data = buffer.getvalue()
+    assert audio._pcm16_wav(data) is not None  # this body takes the fast path
+    fast = audio.decode_audio(data, 16000, 60.0)
+    monkeypatch.setattr(audio, "_pcm16_wav", lambda data: None)
+    np.testing.assert_array_equal(fast, audio.decode_audio(data, 16000, 60.0))
+
+
+@pytest.mark.parametrize("subtype", ["PCM_24", "FLOAT", "PCM_U8"])
+def test_other_wavs_are_left_to_libsndfile(subtype):
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(100), 16000, subtype, format="WAV")
+    assert audio._pcm16_wav(buffer.getvalue()) is None
+    assert len(audio.decode_audio(buffer.getvalue(), 16000, 60.0)) == 100
