@@ -7,27 +7,30 @@ closed-loop throughput on two workloads, then paced latency of our best configur
 
 Steps, all in one run so the ratios compare like with like on a shared machine:
 1. the peer venv (LitServe pins its own FastAPI): ``--peer-python``, else
-   ``build/peer-venv``, created if missing with python3.11 and ``PEER_PACKAGES`` (onnxruntime
-   pinned to ours), after a ``pip install --dry-run`` that must not pull torch;
+   ``build/peer-venv``, created if missing with python3.11 and ``peer_packages()``
+   (onnxruntime pinned to ours), after a ``pip install --dry-run`` that must not pull torch;
 2. two bodies from one synthetic 1 s speech-like clip, one model window each: ``wav``
-   (multipart/form-data, the WAV in ``file``: decode, resample check, front end, model) and
+   (multipart/form-data, the WAV in ``file``: decode, front end, model) and
    ``npy`` (application/x-npy, the clip's float32 [T, n_mels] log-mel from frontend.onnx:
    model only);
 3. start LitServe (``benchmarks/peer/litserve_server.py``: the same model.onnx and
    frontend.onnx, max batch 32, batch timeout 5 ms, one CPU worker) and one of ours per
    ``--processes`` value (``DIFFRES_PROCESSES``; max batch 32, queue delay 5 ms), each once,
-   all with ``--threads`` intra-op threads for the model (per process for ours); one request
-   of each kind to each: the probabilities must match LitServe's within 1e-4;
-4. wrk (C load generator, loopback only), ``--clients`` connections, closed loop,
-   ``--seconds`` per run, one run at a time, for each workload against each server; the
-   server order alternates each round (ours-p1, ours-p2, litserve; then reversed);
+   all with ``--threads`` intra-op threads for the model (per process for ours; default
+   cores - 1, what our server gives its one worker; both run the front end on one thread);
+   one request of each kind to each: the probabilities must match LitServe's within 1e-4;
+4. after a ``--warmup`` run each, wrk (C load generator, loopback only, 10 s request
+   timeout), ``--clients`` connections, closed loop, ``--seconds`` per run, one run at a
+   time, for each workload against each server; the server order alternates each round
+   (ours-p1, ours-p2, litserve; then reversed);
 5. paced load at half the median peak of our best configuration per workload (each
    connection waits a random think time, as ``load_tests.wrk`` paces): p50/p95/p99.
 Prints a markdown table (median req/s per server and workload, ours/LitServe, goal >= 1.5x;
 paced latency, goal p99 <= 50 ms) and one JSON line; progress goes to stderr. Exits 1 when a
 server fails to start or dies, answers a non-2xx or socket error, or disagrees with LitServe.
-Besides wrk's numbers it reads each server's CPU time from /proc (CPU ms per request, and
-what the servers not under load burn meanwhile: LitServe's idle worker polls its queue).
+Besides wrk's numbers it reads each server's CPU time from /proc: CPU ms per request and
+cores used under load (on a shared machine, whether a server could use the cores at all),
+and what the servers not under load burn meanwhile (LitServe's idle worker polls its queue).
 """
 
 import argparse
@@ -372,8 +375,12 @@ def start_servers(stack: contextlib.ExitStack, args: argparse.Namespace, python:
     servers.append(Served(PEER, peer.url, peer.proc.pid,
                           lambda: peer.proc is not None and peer.proc.poll() is None,
                           peer.tail))
-    for s in servers:
+    for s, processes in zip(servers, args.processes):
         s.processes = len(process_tree(s.pid))
+        if s.processes < processes:
+            log(f"note: {s.name} runs {s.processes} process(es): this server does not act on "
+                f"DIFFRES_PROCESSES={processes} yet")
+    servers[-1].processes = len(process_tree(servers[-1].pid))
     return servers
 
 
@@ -423,6 +430,7 @@ class Run:
     p95_ms: float
     p99_ms: float
     cpu_ms_per_req: float = 0.0
+    cores: float = 0.0  # CPU the server under load used, in cores
     idle_cpu: dict[str, float] = field(default_factory=dict)  # other servers, % of a core
 
 
@@ -449,6 +457,7 @@ def measured(server: Served, servers: list[Served], w: Workload, args: argparse.
     elapsed = time.monotonic() - start
     spent = {s.name: cpu_seconds(s.pid) - before[s.name] for s in servers}
     run.cpu_ms_per_req = 1000 * spent[server.name] / max(run.requests, 1)
+    run.cores = spent[server.name] / elapsed
     run.idle_cpu = {name: 100 * t / elapsed for name, t in spent.items() if name != server.name}
     return run
 
@@ -473,7 +482,8 @@ def closed_loop(servers: list[Served], loads: list[Workload], args: argparse.Nam
     if args.warmup > 0:
         for w in loads:
             for s in servers:
-                wrk(f"{s.url}/classify", w, args.clients, args.warmup, script)
+                run = wrk(f"{s.url}/classify", w, args.clients, args.warmup, script)
+                failures.extend(problems(s, w, run, "warm-up"))
     results: dict[str, dict[str, list[Run]]] = {w.name: {s.name: [] for s in servers}
                                                  for w in loads}
     for r in range(args.rounds):
@@ -520,6 +530,7 @@ def closed_summary(results: dict[str, dict[str, list[Run]]]) -> dict:
             "rps": round(median(runs, "rps"), 1), "rps_runs": [round(r.rps, 1) for r in runs],
             "p50_ms": round(median(runs, "p50_ms"), 2), "p99_ms": round(median(runs, "p99_ms"), 2),
             "cpu_ms_per_req": round(median(runs, "cpu_ms_per_req"), 3),
+            "cores": round(median(runs, "cores"), 2),
             "errors": sum(r.status_errors + r.socket_errors for r in runs),
             "vs_litserve": round(median(runs, "rps") / peer, 3) if peer else 0.0}
             for name, runs in by_server.items()}
@@ -551,13 +562,14 @@ def print_tables(args: argparse.Namespace, closed: dict, paced_by: dict, met: di
     print(f"\n## Closed loop: {args.clients} connections, {args.seconds:g} s per run, "
           f"median of {args.rounds} round(s)\n")
     print("| workload | server | req/s | runs (req/s) | p50 ms | p99 ms | CPU ms/req | "
-          "errors | vs LitServe |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+          "cores used | errors | vs LitServe |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for w, by_server in closed.items():
         for name, m in by_server.items():
             print(f"| {w} | {name} | {m['rps']:.1f} | "
                   f"{', '.join(f'{r:.0f}' for r in m['rps_runs'])} | {m['p50_ms']:.1f} | "
-                  f"{m['p99_ms']:.1f} | {m['cpu_ms_per_req']:.2f} | {m['errors']} | "
+                  f"{m['p99_ms']:.1f} | {m['cpu_ms_per_req']:.2f} | {m['cores']:.2f} | "
+                  f"{m['errors']} | "
                   f"{m['vs_litserve']:.2f}x |")
     print(f"\n## Paced at half the peak of our best configuration, {args.clients} "
           f"connections, {args.seconds:g} s\n")
@@ -620,14 +632,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--model", default="kws12-diffres")
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=15, help="per run")
+    parser.add_argument("--seconds", type=int, default=15, help="per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
                         help="our configurations: DIFFRES_PROCESSES values")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
                         help="intra-op threads of the model session, LitServe's and ours "
                         "(per process); default: what our server plans for one process")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds per server and "
+    parser.add_argument("--warmup", type=int, default=2, help="seconds per server and "
                         "workload before the first round")
     parser.add_argument("--peer-python", help="an interpreter with the peer packages "
                         "(default: build/peer-venv, created if missing)")
@@ -668,9 +680,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl+C, so the servers started here are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         code = run(args)
-    except Failed as exc:
+    except (Failed, subprocess.CalledProcessError) as exc:  # servers are stopped by now
         log(f"FAILED: {exc}")
         code = 1
     sys.exit(code)
