@@ -105,7 +105,8 @@ class Settings(BaseSettings):
                                description="'auto' (every visible GPU, else cpu), or cpu,cuda:0,..")
     instances_per_device: int = Field(1, ge=1)
     intra_op_threads: int = Field(0, ge=0, description="per worker; 0: cores / workers")
-    feature_threads: int = Field(2, ge=1, description="thread pool for decode and features")
+    feature_threads: int = Field(0, ge=0, description="thread pool for decode and features; "
+                                 "0: the cores of one serving process")
     max_batch_size: int = Field(32, ge=1)
     max_queue_delay_ms: float = Field(5.0, ge=0)
     max_queue_size: int = Field(512, ge=1, description="queued windows per model version")
@@ -158,6 +159,9 @@ class Settings(BaseSettings):
     def cores_per_process(self) -> int:
         """The cores one serving process plans its threads with."""
         return max(1, usable_cores() // self.process_count())
+
+    def feature_thread_count(self) -> int:
+        return self.feature_threads or self.cores_per_process()
 
     def masked(self) -> dict[str, Any]:
         """JSON-safe dump with secrets shown as ``**********``."""

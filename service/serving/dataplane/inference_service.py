@@ -98,7 +98,8 @@ class InferenceService:
         self.group = group
         self.accepting = True
         self.inflight = 0
-        self._pool = ThreadPoolExecutor(settings.feature_threads, thread_name_prefix="features")
+        self._pool = ThreadPoolExecutor(settings.feature_thread_count(),
+                                        thread_name_prefix="features")
 
     def begin_drain(self) -> None:
         """Refuse new requests from now on; those in flight carry on."""

@@ -61,6 +61,8 @@ def test_cores_are_divided_among_the_processes(monkeypatch):
     assert Settings(processes=2).cores_per_process() == 4
     assert Settings(processes=0).process_count() == 8
     assert Settings(processes=16).cores_per_process() == 1
+    assert Settings(processes=2).feature_thread_count() == 4  # default: the process's cores
+    assert Settings(processes=2, feature_threads=3).feature_thread_count() == 3
 
 
 def test_every_answer_is_counted_in_the_metrics_of_any_process(group):
