@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.server import LocalServer, http_status, listening_ports  # noqa: E402
-from load_tests.wrk import require_wrk  # noqa: E402
+from load_tests.wrk import drive, require_wrk  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 
 LITSERVE = "litserve==0.2.19"
@@ -71,27 +71,6 @@ PEER = "litserve"
 MAX_BATCH, QUEUE_DELAY_S = 32, 0.005
 RATIO_GOAL, P99_GOAL_MS, AGREE = 1.5, 50.0, 1e-4
 BOUNDARY = "diffres-peer-benchmark-boundary"
-
-# Our wrk script, not load_tests.wrk's: that one always sends application/x-npy and adds
-# non-2xx answers to socket errors; this one takes the content type and counts them apart.
-WRK_SCRIPT = """
-local f = io.open(os.getenv("BODY_FILE"), "rb")
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
-local think = tonumber(os.getenv("THINK_MS") or "0")
-if think > 0 then
-  function delay() return math.random(0, math.floor(2 * think)) end
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %f %f %f %f\\n", summary.requests, e.status,
-    e.connect + e.read + e.write + e.timeout, summary.duration / 1e6,
-    latency:percentile(50) / 1e3, latency:percentile(95) / 1e3,
-    latency:percentile(99) / 1e3))
-end
-"""
 
 
 def log(message: str) -> None:
@@ -434,26 +413,19 @@ class Run:
     idle_cpu: dict[str, float] = field(default_factory=dict)  # other servers, % of a core
 
 
-def wrk(url: str, w: Workload, clients: int, seconds: float, script: Path,
-        rate: float = 0.0) -> Run:
-    """wrk POSTing ``w`` to ``url``: closed loop, or paced to about ``rate`` req/s as
-    load_tests.wrk paces (a random think time of mean clients / rate per connection)."""
-    env = dict(os.environ, BODY_FILE=str(w.body_file), CONTENT_TYPE=w.content_type,
-               THINK_MS=str(1000 * clients / rate if rate else 0))
-    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s",
-                          "-s", str(script), url], capture_output=True, text=True, check=True,
-                         env=env).stdout
-    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
-    n, status, sock, elapsed, p50, p95, p99 = (float(v) for v in line.split()[1:])
-    return Run(int(n), int(status), int(sock), (n - status - sock) / elapsed, p50, p95, p99)
+def wrk(url: str, w: Workload, clients: int, seconds: float, rate: float = 0.0) -> Run:
+    """wrk POSTing ``w`` to ``url``: closed loop, or paced to about ``rate`` req/s."""
+    r = drive(url, w.body_file, clients, seconds, rate, w.content_type, timeout_s=10)
+    return Run(r["requests"], r["status_errors"], r["socket_errors"], r["rps"], r["p50_ms"],
+               r["p95_ms"], r["p99_ms"])
 
 
 def measured(server: Served, servers: list[Served], w: Workload, args: argparse.Namespace,
-             script: Path, rate: float = 0.0) -> Run:
+             rate: float = 0.0) -> Run:
     """One wrk run against ``server``, with the CPU time every server spent meanwhile."""
     before = {s.name: cpu_seconds(s.pid) for s in servers}
     start = time.monotonic()
-    run = wrk(f"{server.url}/classify", w, args.clients, args.seconds, script, rate)
+    run = wrk(f"{server.url}/classify", w, args.clients, args.seconds, rate)
     elapsed = time.monotonic() - start
     spent = {s.name: cpu_seconds(s.pid) - before[s.name] for s in servers}
     run.cpu_ms_per_req = 1000 * spent[server.name] / max(run.requests, 1)
@@ -477,12 +449,12 @@ def problems(server: Served, w: Workload, run: Run, what: str) -> list[str]:
 
 
 def closed_loop(servers: list[Served], loads: list[Workload], args: argparse.Namespace,
-                script: Path, failures: list[str]) -> dict[str, dict[str, list[Run]]]:
+                failures: list[str]) -> dict[str, dict[str, list[Run]]]:
     """Warm-up, then ``--rounds`` rounds; the server order reverses every other round."""
     if args.warmup > 0:
         for w in loads:
             for s in servers:
-                run = wrk(f"{s.url}/classify", w, args.clients, args.warmup, script)
+                run = wrk(f"{s.url}/classify", w, args.clients, args.warmup)
                 failures.extend(problems(s, w, run, "warm-up"))
     results: dict[str, dict[str, list[Run]]] = {w.name: {s.name: [] for s in servers}
                                                  for w in loads}
@@ -491,7 +463,7 @@ def closed_loop(servers: list[Served], loads: list[Workload], args: argparse.Nam
         for w in loads:
             cells = []
             for s in order:
-                run = measured(s, servers, w, args, script)
+                run = measured(s, servers, w, args)
                 results[w.name][s.name].append(run)
                 failures.extend(problems(s, w, run, f"round {r + 1}"))
                 cells.append(f"{s.name} {run.rps:.0f}")
@@ -504,7 +476,7 @@ def median(runs: list[Run], key: str) -> float:
 
 
 def paced(servers: list[Served], loads: list[Workload], results: dict, args: argparse.Namespace,
-          script: Path, failures: list[str]) -> dict[str, tuple[str, float, Run]]:
+          failures: list[str]) -> dict[str, tuple[str, float, Run]]:
     """Per workload: our best configuration at half its median closed-loop peak."""
     out = {}
     for w in loads:
@@ -512,7 +484,7 @@ def paced(servers: list[Served], loads: list[Workload], results: dict, args: arg
         best = max(ours, key=lambda s: median(results[w.name][s.name], "rps"))
         rate = 0.5 * median(results[w.name][best.name], "rps")
         log(f"paced {w.name}: {best.name} at {rate:.0f} req/s")
-        run = measured(best, servers, w, args, script, rate)
+        run = measured(best, servers, w, args, rate)
         failures.extend(problems(best, w, run, "paced run"))
         out[w.name] = (best.name, rate, run)
     return out
@@ -656,8 +628,6 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="diffres-peer-") as tmp_name, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
-        script = tmp / "wrk.lua"
-        script.write_text(WRK_SCRIPT)
         loads = workloads(model_dir, manifest, tmp, args.seed)
         servers = start_servers(stack, args, python, model_dir, manifest, tmp)
         diffs = compare_answers(servers, loads, manifest.labels, manifest.version)
@@ -667,8 +637,8 @@ def run(args: argparse.Namespace) -> int:
             raise Failed(f"answers differ from LitServe's by up to {worst:.2e}: {diffs}")
         log(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
             f"{args.threads} intra-op thread(s)")
-        results = closed_loop(servers, loads, args, script, failures)
-        paced_runs = paced(servers, loads, results, args, script, failures)
+        results = closed_loop(servers, loads, args, failures)
+        paced_runs = paced(servers, loads, results, args, failures)
         meta = {"model": args.model, "version": manifest.version, "clients": args.clients,
                 "seconds": args.seconds, "rounds": args.rounds, "threads": args.threads,
                 "cores": os.cpu_count(), "load_average": os.getloadavg()[0],
