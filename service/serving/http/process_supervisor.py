@@ -60,7 +60,8 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 
 def _process_main(settings: Settings, sock: socket.socket, group: ProcessGroup) -> None:
-    _drain_when_orphaned(group.supervisor_pid)
+    signal.signal(RELOAD_SIGNAL, signal.SIG_IGN)  # until the app handles it: a reload asked
+    _drain_when_orphaned(group.supervisor_pid)  # while this one starts must not kill it
     configure_logging(settings.log_json, settings.log_level)
     serve(settings, sockets=[sock], group=group)
 
