@@ -13,6 +13,7 @@ COMMANDS = [
     "service.serving.http.serve_command",  # serve
     "service.predict",  # predict
     "service.export.cli",  # export
+    "service.listen",  # listen (a WS /stream client)
 ]
 
 

@@ -140,6 +140,20 @@ class Settings(BaseSettings):
     protect_ops: bool = Field(False, description="/healthz, /readyz, /metrics need the API key")
     cors_origins: CommaList = Field(default_factory=list,
                                     description="origins allowed by CORS; empty: CORS off")
+    stream_hop_ms: float = Field(250.0, gt=0, description="WS /stream: a new model window "
+                                 "every this many ms of audio (at most one window)")
+    stream_refractory_s: float = Field(1.0, ge=0, description="WS /stream: default time after "
+                                       "a detection in which the same keyword is not detected "
+                                       "again (a client may set its own)")
+    max_streams: int = Field(64, ge=1, description="WS /stream: concurrent streams per "
+                             "serving process; more are closed with 1013")
+    max_stream_seconds: float = Field(3600.0, gt=0, description="WS /stream: audio seconds "
+                                      "one stream may send; then it is closed with 4408")
+    stream_buffer_seconds: float = Field(2.0, gt=0, description="WS /stream: audio a stream "
+                                         "may have waiting for the model; more (a client "
+                                         "faster than real time) closes it with 4429")
+    max_stream_chunk_bytes: int = Field(256 * 1024, gt=0, description="WS /stream: largest "
+                                        "binary message; larger ones close it with 1009")
 
     _split = field_validator("models", "onnx_providers", "devices", "cors_origins",
                              mode="before")(_split_commas)

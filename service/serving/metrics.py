@@ -65,6 +65,15 @@ class Metrics:
         self.model_info = Gauge("diffres_model_info", "1 for every model version being served.",
                                 ["model", "version", "backend", "device"], registry=r,
                                 multiprocess_mode="livemax")
+        self.active_streams = Gauge("diffres_active_streams", "Open WS /stream connections.",
+                                    registry=r, multiprocess_mode="livesum")
+        self.stream_audio_seconds = Counter("diffres_stream_audio_seconds",
+                                            "Seconds of audio received by streams.", ["model"],
+                                            registry=r)
+        self.stream_detection_latency = Histogram(
+            "diffres_stream_detection_latency_seconds", "From the arrival of the last sample of "
+            "the window holding a detection to the detection's send.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r)
 
     def for_model(self, model: str) -> "ModelMetrics":
         return ModelMetrics(self, model)

@@ -82,17 +82,20 @@ def decode_audio(data: bytes, target_rate: int, max_seconds: float) -> np.ndarra
 
 
 def _pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
-    """([frames, channels] float32, rate) of a RIFF WAV of 16-bit integer PCM; None for any
-    other file, or one the ``wave`` module cannot read (libsndfile then decides)."""
+    """([frames, channels] float32, rate) of a RIFF WAV of 16-bit integer PCM whose rate and
+    channels are in range; None for any other file, or one the ``wave`` module cannot read:
+    libsndfile then decodes or refuses it, with the errors it always gave."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     try:
         with wave.open(io.BytesIO(data)) as w:
-            if w.getsampwidth() != 2 or w.getcomptype() != "NONE" or w.getnchannels() < 1:
+            channels, rate = w.getnchannels(), w.getframerate()
+            if (w.getsampwidth() != 2 or w.getcomptype() != "NONE"
+                    or not 1 <= channels <= MAX_CHANNELS
+                    or not RATE_RANGE[0] <= rate <= RATE_RANGE[1]):
                 return None
             raw = w.readframes(w.getnframes())
-            channels, rate = w.getnchannels(), w.getframerate()
-    except (wave.Error, EOFError, struct.error):
+    except Exception:  # wave raises Error, EOFError, struct.error, RuntimeError, ...
         return None
     usable = len(raw) // (2 * channels) * channels
     ints = np.frombuffer(raw, "<i2", count=usable)

@@ -29,10 +29,12 @@ from service.errors import (
     Overloaded,
     PayloadTooLarge,
 )
+from service.manifest import PROBABILITIES
 from service.serving.dataplane import v2_codec as v2
 from service.serving.dataplane import windowing as W
 from service.serving.dataplane.audio_decode import check_frame_length, decode_audio, resample
 from service.serving.dataplane.form_upload import uploaded_file
+from service.serving.dataplane.result_plots import visualization
 from service.serving.dataplane.results import (
     Prepared,
     classify_result,
@@ -251,6 +253,27 @@ class InferenceService:
         """A ``compress`` result as an .npz archive (``results.compress_npz``)."""
         return await self.offload(compress_npz, result)
 
+    async def visualize(self, name: str | None, version: int | None, payload: Payload,
+                        top_k: int = 5) -> bytes:
+        """PNG of the input's log-mel, frame scores, compressed map and top classes
+        (``result_plots``). The body is decoded once; its windows run as /classify's
+        (overlapping) and, for a model with compression outputs, as /compress's (back to
+        back), in one batcher request (the input metrics count it once per pass)."""
+        if top_k < 1:
+            raise InvalidParameter(f"top_k must be >= 1, got {top_k}")
+        model = self.resolve(name, version)
+        deadline = self._deadline()
+        w = await self.offload(self._payload_windows, model, payload, self._hop(model),
+                               deadline=deadline)
+        inputs = [w]
+        if model.can_compress:
+            inputs.append(windowed(model, w.features, w.duration_s,
+                                   model.manifest.compressor.in_t_dim))
+        prepared = await self._run(model, inputs, deadline)
+        return await self.offload(visualization, prepared[0],
+                                  prepared[1] if len(prepared) > 1 else None, top_k,
+                                  self.settings.detection_threshold, deadline=deadline)
+
     async def infer_v2(self, name: str, version: str | None, body: bytes,
                        headers: Mapping[str, str]) -> tuple[bytes, int | None]:
         """One Open Inference Protocol request: the body (JSON or binary tensor data, as
@@ -293,6 +316,26 @@ class InferenceService:
         clips = await self.offload(self._waveform_windows, model, waves, sample_rate,
                                    self._hop(model), deadline=deadline)
         return clip_outputs(await self._run(model, clips, deadline))
+
+    async def classify_stream_window(self, model: ServedModel, wave: np.ndarray) -> np.ndarray:
+        """One model window of a stream (``stream_session``): [N] samples at the model's rate,
+        N = (in_t_dim - 1) * hop_length -> its probabilities [C]. The same front end and
+        batcher as /classify, so streams and uploads share batches; counted in the stream
+        metrics (by the route), not in ``audio_seconds``."""
+        deadline = self._deadline()
+        w = await self.offload(self._stream_features, model, wave, deadline=deadline)
+        results = await model.batcher.submit(w.windows, deadline)
+        if len(results) != 1:
+            raise InferenceFailed(f"{len(results)} results for 1 stream window")
+        return np.asarray(results[0][PROBABILITIES], np.float64)
+
+    def _stream_features(self, model: ServedModel, wave: np.ndarray) -> Windowed:
+        size = model.manifest.compressor.in_t_dim
+        features = self._log_mel(model, np.asarray(wave, np.float32))
+        if features.shape[0] != size:
+            raise InvalidInput(f"a stream window must give {size} frames, got "
+                               f"{features.shape[0]}")
+        return windowed(model, features, len(wave) / model.manifest.frontend.sample_rate, size)
 
     def _hop(self, model: ServedModel) -> int:
         """Frames between /classify window starts (``window_hop_fraction`` of a window)."""

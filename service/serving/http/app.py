@@ -16,7 +16,16 @@ from service.config import Settings, get_settings
 from service.serving.dataplane.inference_service import build_service
 from service.serving.http import error_mapping, security
 from service.serving.http.middleware import EdgeMiddleware
-from service.serving.http.routes import admin_api, health_api, inference_api, models_api, v2_api
+from service.serving.http.routes import (
+    admin_api,
+    health_api,
+    inference_api,
+    models_api,
+    stream_api,
+    v2_api,
+    visualize_api,
+    web_ui,
+)
 from service.serving.process_group import RELOAD_SIGNAL, ProcessGroup
 
 log = logging.getLogger(__name__)
@@ -64,6 +73,9 @@ def create_app(settings: Settings | None = None, group: ProcessGroup | None = No
 
     for router in (inference_api.router, models_api.router, health_api.router, v2_api.router):
         app.include_router(router)
+    app.include_router(stream_api.router)  # WS /stream
+    app.include_router(visualize_api.router)  # POST /visualize
+    web_ui.install(app)  # the page at / and /static (public: see security.PUBLIC_PATHS)
     if settings.admin_key is not None:  # else every /admin path is 404
         app.include_router(admin_api.router)
     error_mapping.install(app)

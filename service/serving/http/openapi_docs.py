@@ -58,3 +58,9 @@ CLASSIFY_RESPONSES = {200: {"content": {"application/json": {"example": CLASSIFY
                       **_ERRORS}
 COMPRESS_RESPONSES = {200: {"content": {"application/json": {"example": COMPRESS_EXAMPLE},
                                         "application/x-npz": {}}}, **_ERRORS}
+VISUALIZE_RESPONSES = {200: {"description": "PNG, 1000 x 1100 px: log-mel, frame scores, the "
+                             "compressed map on its learnt time axis, top classes (or "
+                             "detections over time for long audio)",
+                             "content": {"image/png": {"schema": {"type": "string",
+                                                                  "format": "binary"}}}},
+                       **_ERRORS}

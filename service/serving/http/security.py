@@ -4,6 +4,8 @@
   <key>``), except the ops paths ``/healthz``, ``/readyz`` and ``/metrics`` unless
   ``protect_ops``. Unknown paths need it too, so a caller without the key learns nothing
   about which paths exist.
+  The web page (``/`` and ``/static/...``) is public too: it holds no data, and the
+  API calls it makes send the key the user typed in.
 * ``admin_key`` set: ``/admin/...`` exists (else 404) and needs that key (the API key does
   not open it).
 * A refused request gets 401 ``unauthorized`` with ``WWW-Authenticate``, the same answer
@@ -29,6 +31,9 @@ from service.serving.http.error_mapping import render
 from service.serving.http.responses import OrjsonResponse
 
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+# The web page (http/routes/web_ui.py) and its files load without a key; its API calls send it.
+PUBLIC_PATHS = frozenset({"/"})
+PUBLIC_PREFIX = "/static/"
 ADMIN_PREFIX = "admin"
 _DENIED = "a valid API key is required"
 
@@ -84,6 +89,8 @@ class AuthMiddleware:
         if self.admin_key is not None and is_admin_path(path):
             return self.admin_key
         if path in OPS_PATHS and not self.protect_ops:
+            return None
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX):
             return None
         return self.api_key
 
