@@ -306,6 +306,7 @@ def test_client_that_vanishes_mid_stream(model_store, tmp_path):
     server does): the client drops its connection with windows in flight; the stream ends,
     the gauge returns to 0, and the next stream is served."""
     import json
+    import socket
 
     import httpx
     from websockets.sync.client import connect
@@ -315,11 +316,11 @@ def test_client_that_vanishes_mid_stream(model_store, tmp_path):
     server = LiveServer(model_store, tmp_path / "server.log", models="kws12-diffres").wait_ready()
     try:
         url = server.base.replace("http://", "ws://") + "/stream"
-        ws = connect(url)
-        ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
-        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-        ws.send(pcm16(keyword_audio(1.6)))  # 3 windows in flight, then gone
-        ws.socket.close()
+        with connect(url) as ws:
+            ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+            ws.send(pcm16(keyword_audio(1.6)))  # 3 windows in flight, then gone:
+            ws.socket.shutdown(socket.SHUT_RDWR)  # the TCP connection drops, no close frame
 
         def no_stream_left() -> bool:
             metrics = httpx.get(server.base + "/metrics", timeout=10).text
