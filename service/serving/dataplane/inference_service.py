@@ -349,9 +349,9 @@ class InferenceService:
 
     async def _prepare(self, model: ServedModel, payload: Payload, hop: int) -> Prepared:
         deadline = self._deadline()
-        windowed = await self.offload(self._payload_windows, model, payload, hop,
-                                      deadline=deadline)
-        (prepared,) = await self._run(model, [windowed], deadline)
+        item = await self.offload(self._payload_windows, model, payload, hop,
+                                  deadline=deadline)
+        (prepared,) = await self._run(model, [item], deadline)
         return prepared
 
     async def _run(self, model: ServedModel, inputs: list[Windowed], deadline: float

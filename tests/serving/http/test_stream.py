@@ -375,3 +375,60 @@ def test_listen_client_against_a_live_server(model_store, tmp_path, realtime):
         assert build_parser().parse_args(["listen", "x.wav"]).func is not None
     finally:
         server.stop()
+
+
+class FakeMicrophone:
+    """``sounddevice.RawInputStream`` as the listen client uses it: a thread that records a
+    440 Hz tone, block by block, into the callback."""
+
+    def __init__(self, samplerate, channels, dtype, blocksize, callback):
+        assert (channels, dtype) == (1, "int16")
+        self.rate, self.block, self.callback = samplerate, blocksize, callback
+        self.running = False
+
+    def __enter__(self):
+        import threading
+
+        self.running = True
+        threading.Thread(target=self._record, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+
+    def _record(self):
+        at = 0
+        while self.running:
+            t = (at + np.arange(self.block)) / self.rate
+            self.callback((3000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes(),
+                          self.block, None, None)
+            at += self.block
+            time.sleep(self.block / self.rate / 4)  # faster than real time, in order
+
+
+def test_listen_client_streams_the_microphone(model_store, tmp_path, monkeypatch):
+    """``listen --microphone --seconds 2``: the recorded blocks reach the server as a stream
+    and its windows come back scored."""
+    import io
+    import json
+    import sys
+    import types
+
+    from service.cli import build_parser
+    from service.listen import listen
+    from tests.serving.harness import LiveServer
+
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(RawInputStream=FakeMicrophone))
+    server = LiveServer(model_store, tmp_path / "server.log", models="kws12-diffres").wait_ready()
+    try:
+        url = server.base.replace("http://", "ws://") + "/stream"
+        args = build_parser().parse_args(["listen", "--url", url, "--microphone", "--seconds",
+                                          "2", "--scores", "--chunk-ms", "50"])
+        out = io.StringIO()
+        assert asyncio.run(listen(args, out)) == 0, server.log()
+        scores = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert len(scores) >= 4  # 2 s: windows at 0, 0.25, ..., 1.0 s at least
+        assert [s["start"] for s in scores] == [i * 0.25 for i in range(len(scores))]
+    finally:
+        server.stop()
