@@ -19,6 +19,9 @@ from torch import Tensor
 from service.train.config import CLIP_SAMPLES, SAMPLE_RATE
 
 SPLITS = ("train", "validation", "test")
+# Splits a dataset may hold besides SPLITS: test_cross, voices of an engine family that
+# training, validation and model selection never hear (docs/DATASET.md).
+HELD_OUT_SPLITS = ("test_cross",)
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,13 @@ def with_features(split: Split, frontend: torch.nn.Module, batch_size: int = 256
 
 
 def load_dataset(root: Path) -> tuple[list[str], dict[str, Split]]:
-    """(labels, {split name: Split}) for train, validation and test."""
+    """(labels, {split name: Split}) for train, validation and test, and each held-out split
+    the dataset has."""
     rows = read_metadata(root)
     labels = read_labels(root, rows)
-    return labels, {name: load_split(root, name, labels, rows) for name in SPLITS}
+    present = {row["split"] for row in rows}
+    names = SPLITS + tuple(name for name in HELD_OUT_SPLITS if name in present)
+    return labels, {name: load_split(root, name, labels, rows) for name in names}
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[Tensor]:

@@ -18,6 +18,7 @@ from service.train import checkpoint
 from service.train.config import TrainConfig, resolve_device, with_defaults
 from service.train.cost import model_costs
 from service.train.data import (
+    HELD_OUT_SPLITS,
     Split,
     dataset_summary,
     load_dataset,
@@ -147,10 +148,17 @@ def _finish(run: Run, state: dict[str, Any]) -> dict[str, Any]:
     run.model.load_state_dict(checkpoint.load(run.out / checkpoint.BEST_FILE)["model"])
     test = evaluate(run.model, run.frontend, run.splits["test"], cfg.eval_batch_size,
                     run.device, desc="test")
+    held_out = {}  # the engine-disjoint test: the same best epoch, also tested once
+    for name in HELD_OUT_SPLITS:
+        if name in run.splits:
+            scores = evaluate(run.model, run.frontend, run.splits[name], cfg.eval_batch_size,
+                              run.device, desc=name)
+            held_out |= {f"{name}_acc": scores["acc"], f"{name}_loss": scores["loss"]}
     seconds = [row["seconds"] for row in state["history"]]
     result = {
         "test_acc": test["acc"],
         "test_loss": test["loss"],
+        **held_out,
         "val_acc": state["best"]["val_acc"],
         "val_loss": state["best"]["val_loss"],
         "best_epoch": state["best"]["epoch"],

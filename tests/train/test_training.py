@@ -29,7 +29,7 @@ def write_tiny_dataset(root: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     labels = [f"word{k:02d}" for k in range(N_CLASSES)]
     rows = []
-    for split in ("train", "validation", "test"):
+    for split in ("train", "validation", "test", "test_cross"):
         for k, label in enumerate(labels):
             for i in range(PER_SPLIT):
                 start = int(rng.integers(0, SR // 2))
@@ -68,8 +68,8 @@ def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_dataset_loads_in_metadata_order(tiny_data: Path) -> None:
     labels, splits = load_dataset(tiny_data)
     assert len(labels) == N_CLASSES
-    assert {k: len(v) for k, v in splits.items()} == {
-        "train": 48, "validation": 48, "test": 48}
+    assert {k: len(v) for k, v in splits.items()} == {  # the held-out split too, when present
+        "train": 48, "validation": 48, "test": 48, "test_cross": 48}
     assert splits["train"].waves.shape == (48, SR)
     assert splits["train"].waves.dtype == torch.float32
 
@@ -99,8 +99,8 @@ def test_diffres_training_lowers_loss_and_writes_outputs(full_run: Path) -> None
     assert result["best_epoch"] == best["epoch"]  # chosen on validation only
     assert result["val_acc"] == pytest.approx(best["val_acc"])
     assert result["frames_kept_fraction"] == pytest.approx(50 / 101)
-    for key in ("test_acc", "classifier_mflops", "cpu_ms_per_clip_b1", "cpu_ms_per_clip_b64",
-                "n_params", "config"):
+    for key in ("test_acc", "test_cross_acc", "classifier_mflops", "cpu_ms_per_clip_b1",
+                "cpu_ms_per_clip_b64", "n_params", "config"):
         assert key in result
     assert (full_run / "curves.png").stat().st_size > 0
 
