@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.train.config import CLASSIFIERS, DEFAULT_WIDTHS, TrainConfig
+from service.train.data import read_metadata
 from service.train.report import RESULT_FILE, read_json
 from service.train.results import (
     BY_NAME,
@@ -25,7 +26,7 @@ from service.train.results import (
     results_markdown,
     summarize,
 )
-from service.train.trainer import train
+from service.train.trainer import add_held_out, train
 
 PLOT_FILE = "results_accuracy_vs_frames.png"
 
@@ -47,11 +48,19 @@ def run_all(args: argparse.Namespace, experiments: list[Experiment]) -> None:
     for experiment in experiments:
         for seed in args.seeds:
             cfg = run_config(args, experiment, seed)
-            if (Path(cfg.out) / RESULT_FILE).is_file():
+            result_path = Path(cfg.out) / RESULT_FILE
+            if result_path.is_file():
+                if has_held_out(args.data) and "test_cross_acc" not in read_json(result_path):
+                    print(f"test {cfg.out} on the held-out split", flush=True)
+                    add_held_out(TrainConfig.load(Path(cfg.out)))
                 print(f"skip {cfg.out}: finished")
                 continue
             print(f"run {cfg.out}", flush=True)
             train(cfg, resume=True)
+
+
+def has_held_out(data: str) -> bool:
+    return any(row["split"] == "test_cross" for row in read_metadata(Path(data)))
 
 
 def collect(out: Path, experiments: list[Experiment], seeds: list[int]

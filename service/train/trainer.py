@@ -33,6 +33,7 @@ from service.train.report import (
     METRICS_FILE,
     RESULT_FILE,
     plot_curves,
+    read_json,
     write_json,
     write_metrics,
 )
@@ -142,18 +143,39 @@ def _restore(run: Run) -> dict[str, Any]:
     return {k: saved[k] for k in ("epoch", "history", "best")}
 
 
+def _held_out_scores(run: Run) -> dict[str, float]:
+    """``<split>_acc`` and ``<split>_loss`` of the loaded model on each held-out split (the
+    engine-disjoint test: the best validation epoch, tested once, like test)."""
+    scores = {}
+    for name in HELD_OUT_SPLITS:
+        if name in run.splits:
+            found = evaluate(run.model, run.frontend, run.splits[name],
+                             run.cfg.eval_batch_size, run.device, desc=name)
+            scores |= {f"{name}_acc": found["acc"], f"{name}_loss": found["loss"]}
+    return scores
+
+
+def add_held_out(cfg: TrainConfig) -> dict[str, Any]:
+    """A finished run's result.json completed with the held-out splits it lacks (runs
+    finished before the trainer tested them): its best checkpoint, tested once on each."""
+    path = Path(cfg.out) / RESULT_FILE
+    result = read_json(path)
+    run = setup(cfg)
+    run.model.load_state_dict(checkpoint.load(run.out / checkpoint.BEST_FILE)["model"])
+    missing = {k: v for k, v in _held_out_scores(run).items() if k not in result}
+    if missing:
+        result |= missing
+        write_json(path, result)
+    return result
+
+
 def _finish(run: Run, state: dict[str, Any]) -> dict[str, Any]:
     """Test the best validation epoch once; measure its costs; write result.json."""
     cfg = run.cfg
     run.model.load_state_dict(checkpoint.load(run.out / checkpoint.BEST_FILE)["model"])
     test = evaluate(run.model, run.frontend, run.splits["test"], cfg.eval_batch_size,
                     run.device, desc="test")
-    held_out = {}  # the engine-disjoint test: the same best epoch, also tested once
-    for name in HELD_OUT_SPLITS:
-        if name in run.splits:
-            scores = evaluate(run.model, run.frontend, run.splits[name], cfg.eval_batch_size,
-                              run.device, desc=name)
-            held_out |= {f"{name}_acc": scores["acc"], f"{name}_loss": scores["loss"]}
+    held_out = _held_out_scores(run)
     seconds = [row["seconds"] for row in state["history"]]
     result = {
         "test_acc": test["acc"],

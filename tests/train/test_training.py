@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,22 @@ def test_diffres_training_lowers_loss_and_writes_outputs(full_run: Path) -> None
     assert (full_run / "curves.png").stat().st_size > 0
 
 
+def test_a_run_finished_without_the_held_out_split_gets_it_added(full_run: Path,
+                                                                  tmp_path: Path) -> None:
+    from service.train.trainer import add_held_out
+
+    run = tmp_path / "old"
+    shutil.copytree(full_run, run)
+    result = json.loads((run / "result.json").read_text())
+    old = {k: v for k, v in result.items() if not k.startswith("test_cross")}
+    (run / "result.json").write_text(json.dumps(old))
+    config = json.loads((run / "config.json").read_text()) | {"out": str(run)}
+    (run / "config.json").write_text(json.dumps(config))
+    added = add_held_out(TrainConfig.load(run))
+    assert added["test_cross_acc"] == pytest.approx(result["test_cross_acc"])
+    assert json.loads((run / "result.json").read_text()) == added
+
+
 def test_resume_is_exact(tiny_data: Path, full_run: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_data, tmp_path / "resumed")
     assert train(cfg, stop_after=1) is None  # "interrupted" after epoch 1
@@ -191,10 +208,12 @@ def test_time_masked_frames_are_empty_for_the_guide_loss() -> None:
     assert float(guide) > 0  # masked frames with scores above 0.25 are penalised
 
 
-def fake_result(test_acc: float, seed: int, frames: float = 0.5) -> dict:
+def fake_result(test_acc: float, seed: int, frames: float = 0.5,
+                cross: float | None = None) -> dict:
     config = {"seed": seed, "data": "d", "epochs": 2, "batch_size": 64, "mixup": 0.0,
               "guide_loss_weight": 1.0}
-    return {"test_acc": test_acc, "val_acc": test_acc + 0.01, "config": config,
+    held_out = {} if cross is None else {"test_cross_acc": cross}
+    return held_out | {"test_acc": test_acc, "val_acc": test_acc + 0.01, "config": config,
             "dataset": {"counts": {"train": 40, "validation": 5, "test": 5}},
             "frames_kept_fraction": frames, "classifier_mflops": 3.0,
             "cpu_ms_per_clip_b1": 2.0, "cpu_ms_per_clip_b64": 0.5, "seconds_per_epoch": 10.0}
@@ -209,10 +228,23 @@ def test_goals_from_fake_results() -> None:
     assert summaries["full"].test_mean == pytest.approx(90.5)
     assert summaries["full"].test_std == pytest.approx(np.std([90.0, 91.0], ddof=1))
     goals = evaluate_goals(summaries)
-    assert [g.met for g in goals] == [True, True, False, None]  # (d) was not run
+    # (d) was not run; no run has a cross-engine figure, so no cross goal is decided
+    assert [g.met for g in goals] == [True, True, False, None] + [None] * 4
     text = results_markdown(summaries, goals, "python -m service.train.experiments", [])
     assert text.count("**met**") == 2 and "**missed**" in text and "**not run**" in text
     assert "90.50 ± 0.71" in text
+
+
+def test_cross_engine_goals_use_the_held_out_test() -> None:
+    runs = {"full": [(0.90, 0.60), (0.91, 0.62)], "diffres-0.5": [(0.90, 0.70), (0.91, 0.72)]}
+    summaries = {name: summarize(BY_NAME[name], [fake_result(a, s, cross=c)
+                                                 for s, (a, c) in enumerate(v)])
+                 for name, v in runs.items()}
+    assert summaries["full"].cross_mean == pytest.approx(61.0)
+    goals = {g.text: g.met for g in evaluate_goals(summaries)}
+    assert goals["DiffRes at rate 0.5 is within 0.5 pt of full resolution (cross-engine)"]
+    text = results_markdown(summaries, evaluate_goals(summaries), "cmd", [])
+    assert "| 61.00 ± 1.41 |" in text and "cross-engine acc (%)" in text
 
 
 def test_experiments_report_reads_result_files(tmp_path: Path) -> None:
