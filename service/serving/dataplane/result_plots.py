@@ -6,7 +6,7 @@ on worker threads: every call builds its own ``Figure``, pyplot is never used).
 2. the importance score of every input frame (``frame_scores``);
 3. the compressed spectrogram on its learnt time axis: each output step drawn over the span
    of input frames it merged (frame i of a window lands in step ceil(cumsum(scores)[i]) - 1,
-   as ``windowing.kept_steps``), step boundaries marked. A model without compression outputs
+   ``windowing.step_of_frames``), step boundaries marked. A model without compression outputs
    has uniform spans: one step per frame for the full-resolution kind, else
    in_t_dim / out_t_dim frames per step (the span's mean is drawn);
 4. the top classes as bars, or for audio longer than one model window the detections over
@@ -20,6 +20,7 @@ import io
 
 import numpy as np
 
+from service.serving.dataplane import windowing as W
 from service.serving.dataplane.results import Prepared, classify_result, compress_result
 
 PNG = "image/png"
@@ -39,12 +40,6 @@ def visualization(classified: Prepared, compressed: Prepared | None, top_k: int,
                       kind=c.kind, in_t_dim=c.in_t_dim, out_t_dim=c.out_t_dim)
 
 
-def step_of_frames(scores: np.ndarray, steps: int) -> np.ndarray:
-    """Output step of each frame of one window: ceil(cumsum(scores)[i]) - 1, in [0, steps)."""
-    cum = np.cumsum(np.asarray(scores, np.float64))
-    return np.clip(np.ceil(cum - 1e-4).astype(np.int64) - 1, 0, max(0, steps - 1))
-
-
 def compressed_view(features: np.ndarray, compress: dict | None, kind: str, in_t_dim: int,
                     out_t_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """([T, F] image where each frame shows the output step it belongs to, step index [T]
@@ -57,7 +52,7 @@ def compressed_view(features: np.ndarray, compress: dict | None, kind: str, in_t
         start, offset = 0, 0
         for w in compress["windows"]:
             valid, kept = int(w["input_frames"]), int(w["output_frames"])
-            local = step_of_frames(scores[start:start + valid], kept)
+            local = W.step_of_frames(scores[start:start + valid], kept)
             avgpool = np.asarray(w["avgpool"], np.float32)
             image[start:start + valid] = avgpool[local]
             step[start:start + valid] = offset + local

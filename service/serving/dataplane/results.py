@@ -46,7 +46,8 @@ def output_frames(p: Prepared) -> int:
     size = p.model.manifest.compressor.in_t_dim
     if len(p.starts) < 2 or p.starts[1] - p.starts[0] == size:
         return sum(_kept(p))
-    return max(1, math.ceil(float(np.sum(p.frame_scores, dtype=np.float64)) - 1e-4))
+    return max(1, math.ceil(float(np.sum(p.frame_scores, dtype=np.float64))
+                            - W.STEP_TOLERANCE))
 
 
 def _common(p: Prepared) -> dict:

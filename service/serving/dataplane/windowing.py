@@ -58,6 +58,18 @@ def split_windows(features: np.ndarray, size: int, pad_value: float | np.ndarray
     return windows, valid
 
 
+# Float32 frame scores summing to a whole number of steps land a hair above it; a cumulative
+# score within this of an integer counts as that integer (step boundaries, kept steps, output
+# frames; the web page's app.js repeats it).
+STEP_TOLERANCE = 1e-4
+
+
+def step_of_frames(scores: np.ndarray, steps: int) -> np.ndarray:
+    """Output step of each frame of one window: ceil(cumsum(scores)[i]) - 1, in [0, steps)."""
+    cum = np.cumsum(np.asarray(scores, np.float64))
+    return np.clip(np.ceil(cum - STEP_TOLERANCE).astype(np.int64) - 1, 0, max(0, steps - 1))
+
+
 def kept_steps(scores: np.ndarray, valid: int, out_len: int) -> int:
     """Output steps of a window that hold at least one real frame.
 
@@ -67,7 +79,7 @@ def kept_steps(scores: np.ndarray, valid: int, out_len: int) -> int:
     if valid >= len(scores):
         return out_len
     covered = float(np.sum(scores[:valid], dtype=np.float64))
-    return int(min(out_len, max(1, math.ceil(covered - 1e-4))))
+    return int(min(out_len, max(1, math.ceil(covered - STEP_TOLERANCE))))
 
 
 def activeness(scores: np.ndarray, valid: int) -> float:

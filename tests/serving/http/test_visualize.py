@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.serving.dataplane.result_plots import compressed_view, png_size, step_of_frames
+from service.serving.dataplane.result_plots import compressed_view, png_size
+from service.serving.dataplane.windowing import step_of_frames
 from service.serving.http.app import create_app
 from tests.model_store_builder import export_test_model
 from tests.serving.bad_inputs import AUDIO, SPEC, npy

@@ -344,7 +344,7 @@ function compressedView(result) {
       let cum = 0;
       for (let i = 0; i < w.input_frames; i++) {
         cum += compress.frame_scores[start + i];
-        const s = Math.min(w.output_frames - 1, Math.max(0, Math.ceil(cum - 1e-4) - 1));
+        const s = Math.min(w.output_frames - 1, Math.max(0, Math.ceil(cum - 1e-4) - 1));  // 1e-4: windowing.STEP_TOLERANCE
         image.push(w.avgpool[s]); step.push(offset + s);
       }
       start += w.input_frames; offset += w.output_frames;
