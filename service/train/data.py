@@ -100,9 +100,14 @@ def load_dataset(root: Path) -> tuple[list[str], dict[str, Split]]:
     the dataset has."""
     rows = read_metadata(root)
     labels = read_labels(root, rows)
-    present = {row["split"] for row in rows}
-    names = SPLITS + tuple(name for name in HELD_OUT_SPLITS if name in present)
+    names = SPLITS + held_out_splits(rows)
     return labels, {name: load_split(root, name, labels, rows) for name in names}
+
+
+def held_out_splits(rows: list[dict[str, str]]) -> tuple[str, ...]:
+    """The ``HELD_OUT_SPLITS`` that metadata ``rows`` hold."""
+    present = {row["split"] for row in rows}
+    return tuple(name for name in HELD_OUT_SPLITS if name in present)
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[Tensor]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.train.config import CLASSIFIERS, DEFAULT_WIDTHS, TrainConfig
-from service.train.data import read_metadata
+from service.train.data import held_out_splits, read_metadata
 from service.train.report import RESULT_FILE, read_json
 from service.train.results import (
     BY_NAME,
@@ -45,22 +45,19 @@ def run_config(args: argparse.Namespace, experiment: Experiment, seed: int) -> T
 
 
 def run_all(args: argparse.Namespace, experiments: list[Experiment]) -> None:
+    held_out = held_out_splits(read_metadata(Path(args.data)))  # finished runs get any they lack
     for experiment in experiments:
         for seed in args.seeds:
             cfg = run_config(args, experiment, seed)
             result_path = Path(cfg.out) / RESULT_FILE
             if result_path.is_file():
-                if has_held_out(args.data) and "test_cross_acc" not in read_json(result_path):
+                if any(f"{name}_acc" not in read_json(result_path) for name in held_out):
                     print(f"test {cfg.out} on the held-out split", flush=True)
                     add_held_out(TrainConfig.load(Path(cfg.out)))
                 print(f"skip {cfg.out}: finished")
                 continue
             print(f"run {cfg.out}", flush=True)
             train(cfg, resume=True)
-
-
-def has_held_out(data: str) -> bool:
-    return any(row["split"] == "test_cross" for row in read_metadata(Path(data)))
 
 
 def collect(out: Path, experiments: list[Experiment], seeds: list[int]
