@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from service.errors import ExportCheckError
 from service.export import export_model_dir
+from service.export.checks import difference
 from service.frontend import LogMel
 from tests.export.conftest import LABELS, T, TinyCNN, diffres_modules
 
@@ -63,3 +64,27 @@ def test_window_length_comes_from_the_compressor_or_the_caller(tmp_path):
     manifest = export_model_dir(compressor, classifier, LogMel(), tmp_path / "m" / "1", "m", 1,
                                 LABELS, formats=["onnx"])
     assert manifest.compressor.in_t_dim == T
+
+
+def _rows_off(rows: int, off: int, by: float = 3.0) -> tuple[Tensor, Tensor]:
+    """An [1, rows, 4] map and a copy with ``off`` of its rows moved by ``by``."""
+    expected = torch.zeros(1, rows, 4)
+    actual = expected.clone()
+    actual[0, :off, 0] = by
+    return expected, actual
+
+
+def test_a_moved_step_boundary_is_not_a_failed_export():
+    expected, actual = _rows_off(rows=120, off=2)  # the rows on both sides of one boundary
+    assert difference("maxpool", expected, actual) == 0.0
+    assert difference("avgpool", expected, actual) == 0.0
+
+
+def test_step_pooled_outputs_still_fail_when_many_rows_differ():
+    expected, actual = _rows_off(rows=120, off=10)
+    assert difference("maxpool", expected, actual) == 3.0
+
+
+def test_other_outputs_allow_no_outlier():
+    expected, actual = _rows_off(rows=120, off=1)
+    assert difference("resolution_enc", expected, actual) == 3.0
