@@ -3,7 +3,7 @@ closed-loop throughput on two workloads, then paced latency of our best configur
 
     .venv/bin/python benchmarks/peer_litserve.py [--model kws12-diffres] [--clients 64]
         [--seconds 15] [--rounds 3] [--processes 1 2] [--threads N] [--warmup 2]
-        [--peer-python build/peer-venv/bin/python]
+        [--peer-python build/peer-venv/bin/python] [--no-pause]
 
 Steps, all in one run so the ratios compare like with like on a shared machine:
 1. the peer venv (LitServe pins its own FastAPI): ``--peer-python``, else
@@ -21,8 +21,9 @@ Steps, all in one run so the ratios compare like with like on a shared machine:
    one request of each kind to each: the probabilities must match LitServe's within 1e-4;
 4. after a ``--warmup`` run each, wrk (C load generator, loopback only, 10 s request
    timeout), ``--clients`` connections, closed loop, ``--seconds`` per run, one run at a
-   time, for each workload against each server; the server order alternates each round
-   (ours-p1, ours-p2, litserve; then reversed);
+   time, for each workload against each server, the other servers paused (SIGSTOP) meanwhile
+   (``--no-pause`` leaves them running); the server order alternates each round (ours-p1,
+   ours-p2, litserve; then reversed);
 5. paced load at half the median peak of our best configuration per workload (each
    connection waits a random think time, as ``load_tests.wrk`` paces): p50/p95/p99.
 Prints a markdown table (median req/s per server and workload, ours/LitServe, goal >= 1.5x;
@@ -30,7 +31,8 @@ paced latency, goal p99 <= 50 ms) and one JSON line; progress goes to stderr. Ex
 server fails to start or dies, answers a non-2xx or socket error, or disagrees with LitServe.
 Besides wrk's numbers it reads each server's CPU time from /proc: CPU ms per request and
 cores used under load (on a shared machine, whether a server could use the cores at all),
-and what the servers not under load burn meanwhile (LitServe's idle worker polls its queue).
+and, with ``--no-pause``, what the servers not under load burn meanwhile (LitServe's idle
+worker polls its queue).
 """
 
 import argparse
@@ -420,12 +422,32 @@ def wrk(url: str, w: Workload, clients: int, seconds: float, rate: float = 0.0) 
                r["p95_ms"], r["p99_ms"])
 
 
+@contextlib.contextmanager
+def paused(servers: list[Served]):
+    """The process trees of ``servers`` stopped (SIGSTOP) for the block, then resumed: a
+    server not under load must not take CPU from the one that is (LitServe's idle worker
+    polls its queue, ~15 % of a core; ``--no-pause`` measures with them running)."""
+    pids = [pid for s in servers for pid in process_tree(s.pid)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def measured(server: Served, servers: list[Served], w: Workload, args: argparse.Namespace,
              rate: float = 0.0) -> Run:
-    """One wrk run against ``server``, with the CPU time every server spent meanwhile."""
+    """One wrk run against ``server``, with the CPU time every server spent meanwhile (the
+    others are paused unless ``--no-pause``)."""
+    others = [] if args.no_pause else [s for s in servers if s is not server]
     before = {s.name: cpu_seconds(s.pid) for s in servers}
     start = time.monotonic()
-    run = wrk(f"{server.url}/classify", w, args.clients, args.seconds, rate)
+    with paused(others):
+        run = wrk(f"{server.url}/classify", w, args.clients, args.seconds, rate)
     elapsed = time.monotonic() - start
     spent = {s.name: cpu_seconds(s.pid) - before[s.name] for s in servers}
     run.cpu_ms_per_req = 1000 * spent[server.name] / max(run.requests, 1)
@@ -615,6 +637,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "workload before the first round")
     parser.add_argument("--peer-python", help="an interpreter with the peer packages "
                         "(default: build/peer-venv, created if missing)")
+    parser.add_argument("--no-pause", action="store_true", help="leave the servers not under "
+                        "load running during each run (by default they are paused)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="per worker; 0: cores / workers")
     feature_threads: int = Field(0, ge=0, description="thread pool for decode and features; "
                                  "0: the cores of one serving process")
+    native_frontend: bool = Field(True, description="compute a LogMel model's front end with "
+                                  "numpy's FFT instead of its exported file, where a check at "
+                                  "load finds the two agree within the export tolerance")
     max_batch_size: int = Field(32, ge=1)
     max_queue_delay_ms: float = Field(5.0, ge=0)
     max_queue_size: int = Field(512, ge=1, description="queued windows per model version")

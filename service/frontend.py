@@ -26,16 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from service import mel
 from service.manifest import FrontendSpec
-
-MEL_SCALES = ("htk", "slaney")
-MEL_NORMS = (None, "slaney")
-
-# Slaney's Auditory Toolbox mel scale: linear to 1 kHz, logarithmic above.
-_SLANEY_F_SP = 200.0 / 3
-_SLANEY_MIN_LOG_HZ = 1000.0
-_SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
-_SLANEY_LOGSTEP = math.log(6.4) / 27.0
+from service.mel import MEL_SCALES
 
 
 def num_frames(n_samples: int, hop_length: int) -> int:
@@ -43,63 +36,17 @@ def num_frames(n_samples: int, hop_length: int) -> int:
     return 1 + n_samples // hop_length
 
 
-def hz_to_mel(freq: Tensor, mel_scale: str = "htk") -> Tensor:
-    """Hertz -> mels on the HTK (2595 log10(1 + f/700)) or Slaney scale."""
-    if mel_scale == "htk":
-        return 2595.0 * torch.log10(1.0 + freq / 700.0)
-    linear = freq / _SLANEY_F_SP
-    log_part = _SLANEY_MIN_LOG_MEL + torch.log(
-        torch.clamp(freq, min=_SLANEY_MIN_LOG_HZ) / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
-    return torch.where(freq >= _SLANEY_MIN_LOG_HZ, log_part, linear)
-
-
-def mel_to_hz(mels: Tensor, mel_scale: str = "htk") -> Tensor:
-    """Inverse of :func:`hz_to_mel`."""
-    if mel_scale == "htk":
-        return 700.0 * (torch.pow(10.0, mels / 2595.0) - 1.0)
-    linear = mels * _SLANEY_F_SP
-    log_part = _SLANEY_MIN_LOG_HZ * torch.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL))
-    return torch.where(mels >= _SLANEY_MIN_LOG_MEL, log_part, linear)
-
-
 def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int,
                    mel_scale: str = "htk", n_fft: int | None = None,
                    norm: str | None = None) -> Tensor:
-    """[n_freqs, n_mels] triangular filters, float32.
-
-    Bin k sits at k * sample_rate / n_fft Hz, ``n_fft`` defaulting to 2 * (n_freqs - 1)
-    (pass it for an odd n_fft, whose last bin is below Nyquist). Filter m rises from mel
-    point m to m + 1 and falls to m + 2, the n_mels + 2 points f_pts equally spaced in
-    mels. ``norm=None``: peak 1; ``norm="slaney"``: filter m scaled by
-    2 / (f_pts[m + 2] - f_pts[m]) (area normalisation, torchaudio's and librosa's
-    "slaney"). Built in float64 and rounded once.
-    """
-    if mel_scale not in MEL_SCALES:
-        raise ValueError(f"mel_scale must be one of {MEL_SCALES}, got {mel_scale!r}")
-    if norm not in MEL_NORMS:
-        raise ValueError(f"norm must be one of {MEL_NORMS}, got {norm!r}")
-    n_fft = 2 * (n_freqs - 1) if n_fft is None else n_fft
-    all_freqs = torch.arange(n_freqs, dtype=torch.float64) * (sample_rate / n_fft)
-    m_min = hz_to_mel(torch.tensor(float(f_min), dtype=torch.float64), mel_scale)
-    m_max = hz_to_mel(torch.tensor(float(f_max), dtype=torch.float64), mel_scale)
-    f_pts = mel_to_hz(torch.linspace(float(m_min), float(m_max), n_mels + 2,
-                                     dtype=torch.float64), mel_scale)
-    f_diff = f_pts[1:] - f_pts[:-1]  # [n_mels + 1]
-    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # [n_freqs, n_mels + 2]
-    down = -slopes[:, :-2] / f_diff[:-1]
-    up = slopes[:, 2:] / f_diff[1:]
-    fb = torch.clamp(torch.minimum(down, up), min=0.0)
-    if norm == "slaney":
-        fb = fb * (2.0 / (f_pts[2:] - f_pts[:-2])).unsqueeze(0)
-    return fb.to(torch.float32)
+    """:func:`service.mel.mel_filterbank` as a tensor."""
+    return torch.from_numpy(mel.mel_filterbank(n_freqs, f_min, f_max, n_mels, sample_rate,
+                                               mel_scale, n_fft, norm))
 
 
 def hann_window(win_length: int, n_fft: int) -> Tensor:
-    """Periodic Hann of ``win_length`` centred in ``n_fft`` zeros (as ``torch.stft``), float64."""
-    n = torch.arange(win_length, dtype=torch.float64)
-    window = 0.5 - 0.5 * torch.cos(2.0 * math.pi * n / win_length)
-    left = (n_fft - win_length) // 2
-    return nn.functional.pad(window, (left, n_fft - win_length - left))
+    """:func:`service.mel.hann_window` as a float64 tensor."""
+    return torch.from_numpy(mel.hann_window(win_length, n_fft))
 
 
 def dft_kernels(n_fft: int, window: Tensor) -> Tensor:

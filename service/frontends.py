@@ -52,7 +52,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from service.frontend import MEL_NORMS, MEL_SCALES, LogMel, dft_kernels, hann_window, mel_filterbank
+from service.frontend import LogMel, dft_kernels, hann_window, mel_filterbank
+from service.mel import MEL_NORMS, MEL_SCALES
 
 SCALES = ("log", "db")
 STYPES = ("power", "magnitude")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from service import mel
 from service.frontend import LogMel, mel_filterbank, num_frames
 from service.manifest import FrontendSpec
 from tests.frontend_export import assert_exports_match, export_front_end
@@ -96,6 +97,22 @@ def test_matches_numpy_reference(config, lengths):
         # and AVX2 kernels, 1.5e-5 with its SSE4.1 ones); a wrong window, padding or scale
         # is off by far more than 1e-4.
         np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("config,lengths", CONFIGS)
+def test_numpy_log_mel_matches_the_reference(config, lengths):
+    """service.mel.log_mel, what the server computes for a LogMel model (float64 FFT)."""
+    spec = FrontendSpec(**config)
+    window = mel.hann_window(spec.win_length, spec.n_fft)
+    fb = mel.mel_filterbank(spec.n_fft // 2 + 1, spec.f_min, spec.f_max, spec.n_mels,
+                            spec.sample_rate, spec.mel_scale, spec.n_fft)
+    for i, n in enumerate(lengths):
+        wave = noise(3, n, seed=i).numpy()
+        out = mel.log_mel(wave, window, fb, spec.hop_length, spec.log_floor)
+        assert out.shape == (3, num_frames(n, spec.hop_length), spec.n_mels)
+        assert out.dtype == np.float32
+        # Only the float32 power and filterbank product differ from the float64 reference.
+        np.testing.assert_allclose(out, np_log_mel(wave, **config), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("scale", ["htk", "slaney"])

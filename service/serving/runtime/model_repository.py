@@ -42,7 +42,14 @@ import numpy as np
 
 from service.config import Settings
 from service.errors import ConfigError, ModelNotFound, NotReady
-from service.manifest import BACKENDS, COMPRESSION_OUTPUTS, SPECTROGRAM, WAVEFORM, Manifest
+from service.manifest import (
+    BACKENDS,
+    COMPRESSION_OUTPUTS,
+    FRONTEND_OUTPUT,
+    SPECTROGRAM,
+    WAVEFORM,
+    Manifest,
+)
 from service.serving.metrics import Metrics
 from service.serving.runtime.backend import Backend
 from service.serving.runtime.backend_registry import make_backend, visible_gpu_count
@@ -55,6 +62,11 @@ from service.serving.runtime.model_store import (
     scan_store,
     signature,
     version_dirs,
+)
+from service.serving.runtime.native_frontend import (
+    TOLERANCE,
+    largest_difference,
+    native_frontend,
 )
 from service.serving.runtime.version_plan import missing_default_model, planned_versions
 from service.serving.runtime.workers import (
@@ -130,6 +142,7 @@ class ServedModel:
                                "window_output_frames": m.compressor.out_t_dim,
                                "pad_value": m.frontend.silence,
                                "frontend": m.frontend.type,
+                               "frontend_runs_on": getattr(self.frontend, "name", None),
                                "value_range": m.frontend.value_range},
                      "outputs": [o.name for o in m.outputs],
                      "operations": ["classify"] + (["compress"] if self.can_compress else []),
@@ -258,6 +271,8 @@ class ModelRepository:
             for worker in served.workers:
                 await worker.start(warmup)
             await asyncio.to_thread(self._check_frontend, served)
+            if s.native_frontend:
+                await asyncio.to_thread(self._use_native_frontend, served)
         except Exception as exc:  # a broken artifact must not take the server down
             log.exception("loading %s/%s failed", served.name, served.version)
             await self._release(served)
@@ -307,6 +322,30 @@ class ModelRepository:
         if mel.shape != expected:
             raise ValueError(f"front end gives {list(mel.shape)}, manifest implies "
                              f"{list(expected)}")
+
+    @staticmethod
+    def _use_native_frontend(served: ServedModel) -> None:
+        """Swap the front-end file for its numpy twin where one exists and agrees with it."""
+        m = served.manifest
+        name = m.frontend_outputs[0].name if m.frontend_outputs else FRONTEND_OUTPUT
+        native = native_frontend(m.frontend, name)
+        if native is None or served.frontend is None:
+            return
+        try:
+            difference = largest_difference(native, served.frontend, m.frontend.sample_rate)
+        except Exception:  # an optimisation: without its check, the file serves
+            log.exception("%s/%s: checking the numpy front end failed; the exported file "
+                          "computes it", served.name, served.version)
+            return
+        if difference > TOLERANCE:
+            log.warning("%s/%s: the numpy %s front end differs from the exported one by %.3g "
+                        "(tolerance %g); the exported file computes it", served.name,
+                        served.version, m.frontend.type, difference, TOLERANCE)
+            return
+        served.frontend.close()
+        served.frontend = native
+        log.info("%s/%s: front end computed in numpy (within %.1e of the exported file)",
+                 served.name, served.version, difference)
 
     async def _release(self, served: ServedModel) -> None:
         if served.batcher is not None:
