@@ -1,5 +1,6 @@
 """``python -m service predict``: offline classification of audio files of any format/rate."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,7 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from service.config import Settings
 from service.predict import Predictor, predict_file
+from service.serving.dataplane.inference_service import InferenceService, Payload
+from service.serving.metrics import Metrics
+from service.serving.runtime.model_repository import ModelRepository
 from tests.model_store_builder import LABELS, export_test_model
 
 
@@ -39,13 +44,34 @@ def test_any_format_rate_and_channel_count(model_dir, tmp_path, fmt, ext, subtyp
     assert line["windows"] == 1
 
 
-def test_long_clip_is_windowed_and_averaged(model_dir, tmp_path) -> None:
-    predictor = Predictor(model_dir)
-    wave = tone(3.2, 16000, 1).astype(np.float32)
-    whole = predictor.classify(wave)
-    assert whole["windows"] == 4  # 1 + 51200 // 160 = 321 frames -> 4 windows of 101
-    probs = whole["probabilities"]
-    assert probs.shape == (len(LABELS),) and abs(probs.sum() - 1) < 1e-5
+def test_long_clip_gets_the_servers_answer(model_dir, tmp_path) -> None:
+    """Overlapping windows, the aggregate rule and detections, as /classify gives them."""
+    path = tmp_path / "long.wav"
+    sf.write(path, tone(3.2, 16000, 1), 16000, subtype="FLOAT")
+    offline = predict_file(Predictor(model_dir), path, top=len(LABELS), max_seconds=60,
+                           threshold=0.05)
+    served = asyncio.run(classify_served(model_dir.parent.parent, path.read_bytes()))
+    assert offline["windows"] == len(served["windows"]) == 6  # 321 frames, a window every 50
+    np.testing.assert_allclose([t["probability"] for t in offline["top"]],
+                               [served["probabilities"][t["label"]] for t in offline["top"]],
+                               rtol=0, atol=1e-4)
+    assert offline["detections"]  # the low threshold makes some
+    assert [d["label"] for d in offline["detections"]] == [
+        d["label"] for d in served["detections"]]
+
+
+async def classify_served(store: Path, wav: bytes) -> dict:
+    settings = Settings(model_store=store, default_model="m", devices=["cpu"],
+                        detection_threshold=0.05)
+    metrics = Metrics()
+    repo = ModelRepository(settings, metrics)
+    service = InferenceService(settings, repo, metrics)
+    await repo.start()
+    try:
+        return await service.classify(None, None, Payload("audio", wav), top_k=len(LABELS))
+    finally:
+        await repo.stop()
+        service.close()
 
 
 def test_cli_prints_one_json_line_per_file_and_reports_bad_ones(model_dir, tmp_path) -> None:
