@@ -1,0 +1,149 @@
+"""Does a model directory meet the goals of a shipped default model (issue #13, item 7)?
+
+    python -m service.train.ship_goals --model model_store/kws12-diffres/3 [--data data/kws12]
+        [--non-speech 500] [--json out.json]
+
+Every figure goes through ``service.predict`` (the model's own exported files, the server's
+windows, aggregate rule and detections):
+
+* **accuracy** on the dataset's ``test`` split (in distribution) and ``test_cross`` (the
+  voice family training never heard): the clip's top label against its label;
+* **keywords inside phrases**: each of ``PHRASES`` spoken by every voice of the held-out
+  family (flite unless the dataset's recipe says otherwise), in the middle of 1.5 s of
+  silence; found when its keyword is among the detections;
+* **non-speech**: ``--non-speech`` generated clips (tones, beeps, chords, music, coloured
+  noise, hum, clicks; 1 s, peak -40 to -3 dBFS, a seed of their own) that must give no
+  keyword: no detection, and a background class on top.
+
+Prints a markdown table with each goal met or missed, and optionally the figures as JSON.
+Needs espeak-ng/flite only for the phrases (``--no-phrases`` skips them).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from service.manifest import BACKGROUND_LABELS
+from service.predict import Predictor
+from service.train import acoustics
+from service.train.data import read_metadata, read_recipe
+from service.train.voices import FLITE_VOICES, Utterance, speak
+
+GOALS = {"test_acc": 0.95, "test_cross_acc": 0.90, "phrases_found": 1.0,
+         "non_speech_clean": 0.99}
+# (phrase, its one keyword): the keyword inside other speech, as a user would say it.
+PHRASES = (("front left", "left"), ("turn it on", "on"), ("yes please", "yes"),
+           ("look down", "down"), ("please stop", "stop"), ("let us go", "go"))
+NON_SPEECH_KINDS = ("tone", "beeps", "chord", "music", "white", "pink", "brown", "hum",
+                    "clicks")
+PHRASE_SECONDS = 1.5
+NON_SPEECH_SEED = 20_261_202  # not the dataset's: clips training never saw
+
+
+def split_accuracy(predictor: Predictor, root: Path, split: str) -> float | None:
+    """Top-label accuracy over one split of the dataset at ``root``; None if it has none."""
+    rows = [r for r in read_metadata(root) if r["split"] == split]
+    if not rows:
+        return None
+    labels, right = predictor.manifest.labels, 0
+    for row in tqdm(rows, desc=split, leave=False):
+        wave, rate = sf.read(root / row["path"], dtype="float32")
+        if rate != predictor.manifest.frontend.sample_rate:
+            raise ValueError(f"{row['path']}: {rate} Hz, the model takes "
+                             f"{predictor.manifest.frontend.sample_rate}")
+        probs = predictor.classify(wave)["probabilities"]
+        right += labels[int(np.argmax(probs))] == row["label"]
+    return right / len(rows)
+
+
+def in_silence(speech: np.ndarray, samples: int) -> np.ndarray:
+    """``speech`` centred in ``samples`` of digital silence (cropped if longer)."""
+    out = np.zeros(samples, np.float32)
+    speech = speech[:samples]
+    start = (samples - len(speech)) // 2
+    out[start:start + len(speech)] = speech
+    return out
+
+
+def phrases_found(predictor: Predictor, voices: list[str]) -> tuple[float, list[dict]]:
+    """Share of (phrase, voice) whose keyword is detected; and every case's detections."""
+    rate = predictor.manifest.frontend.sample_rate
+    cases = []
+    for phrase, keyword in PHRASES:
+        for voice in voices:
+            speech = speak(Utterance(voice, phrase, 1.0, 0.0)).astype(np.float32)
+            found = predictor.classify(in_silence(speech, int(PHRASE_SECONDS * rate)))
+            labels = sorted({d["label"] for d in found["detections"]})
+            cases.append({"phrase": phrase, "keyword": keyword, "voice": voice,
+                          "detected": labels, "found": keyword in labels})
+    return sum(c["found"] for c in cases) / len(cases), cases
+
+
+def non_speech_clean(predictor: Predictor, count: int) -> tuple[float, dict[str, int]]:
+    """Share of generated non-speech clips that give no keyword; false alarms per kind."""
+    rng = np.random.default_rng(NON_SPEECH_SEED)
+    rate, labels = predictor.manifest.frontend.sample_rate, predictor.manifest.labels
+    alarms = dict.fromkeys(NON_SPEECH_KINDS, 0)
+    for i in tqdm(range(count), desc="non-speech", leave=False):
+        kind = NON_SPEECH_KINDS[i % len(NON_SPEECH_KINDS)]
+        clip = acoustics.set_peak(acoustics.non_speech(rng, kind, rate), rng.uniform(-40, -3))
+        found = predictor.classify(clip.astype(np.float32))
+        top = labels[int(np.argmax(found["probabilities"]))]
+        alarms[kind] += bool(found["detections"]) or top not in BACKGROUND_LABELS
+    return 1 - sum(alarms.values()) / count, alarms
+
+
+def held_out_voices(root: Path | None) -> list[str]:
+    family = read_recipe(root).get("params", {}).get("held_out", "flite") if root else "flite"
+    if family != "flite":
+        raise SystemExit(f"phrases need a flite held-out family; the dataset holds out "
+                         f"{family!r} (use --no-phrases)")
+    return [f"flite:{v}" for v in FLITE_VOICES if v != "kal16"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.train.ship_goals",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a model version directory")
+    parser.add_argument("--data", type=Path, help="the dataset (test and test_cross splits)")
+    parser.add_argument("--non-speech", type=int, default=500)
+    parser.add_argument("--no-phrases", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    predictor = Predictor(args.model)
+    found: dict = {"model": str(args.model)}
+    if args.data:
+        for split in ("test", "test_cross"):
+            found[f"{split}_acc"] = split_accuracy(predictor, args.data, split)
+    if not args.no_phrases:
+        found["phrases_found"], found["phrases"] = phrases_found(
+            predictor, held_out_voices(args.data))
+    found["non_speech_clean"], found["non_speech_alarms"] = non_speech_clean(
+        predictor, args.non_speech)
+
+    print(f"## Shipped-model goals: {args.model}\n")
+    print("| goal | measured | target | status |\n|---|---:|---:|---|")
+    for key, target in GOALS.items():
+        value = found.get(key)
+        status = "not measured" if value is None else ("met" if value >= target else "MISSED")
+        shown = "-" if value is None else f"{100 * value:.1f} %"
+        print(f"| {key} | {shown} | >= {100 * target:.0f} % | {status} |")
+    if "phrases" in found:
+        missed = [f"{c['phrase']!r} by {c['voice']} (detected {c['detected']})"
+                  for c in found["phrases"] if not c["found"]]
+        print(f"\nphrases missed: {'; '.join(missed) or 'none'}")
+    print(f"non-speech false alarms by kind: {found['non_speech_alarms']}")
+    if args.json:
+        args.json.write_text(json.dumps(found, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
