@@ -22,6 +22,10 @@ SCHEMA_VERSION = 2
 SPECTROGRAM = "spectrogram"
 WAVEFORM = "waveform"
 FRONTEND_OUTPUT = "log_mel"
+# Largest difference a front end's export may show from eager PyTorch, in its own units (1e-2
+# is 1 % of power in natural log, 0.2 % in dB): the export check's default, and what the
+# server allows its numpy LogMel against the exported file.
+FRONTEND_TOLERANCE = 1e-2
 PROBABILITIES = "probabilities"
 FRAME_SCORES = "frame_scores"
 REQUIRED_OUTPUTS = (PROBABILITIES, FRAME_SCORES)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from service.errors import ExportCheckError
 from service.export import check_audio
 from service.export.formats import Runner, eager_runner
-from service.manifest import FRAME_SCORES, FRONTEND_OUTPUT, PROBABILITIES
+from service.manifest import FRAME_SCORES, FRONTEND_OUTPUT, FRONTEND_TOLERANCE, PROBABILITIES
 
 # Batch sizes the files are checked at; exports trace at TRACE_BATCH.
 CHECK_BATCH_SIZES = (1, 3, 17)
@@ -26,7 +26,7 @@ TRACE_BATCH = 2
 # where bins 80 dB below a frame's peak carry float32 DFT errors of ~1e-3.
 DEFAULT_TOLERANCES: dict[str, float] = {
     PROBABILITIES: 1e-4, FRAME_SCORES: 1e-4, "avgpool": 1e-2, "maxpool": 1e-2,
-    "resolution_enc": 1e-3, FRONTEND_OUTPUT: 1e-2,
+    "resolution_enc": 1e-3, FRONTEND_OUTPUT: FRONTEND_TOLERANCE,
 }
 # Outputs whose rows (one per item and output step, [..., F]) are pooled between DiffRes step
 # boundaries. Float rounding moves a boundary where a cumulative score sits within ulps of an

@@ -64,9 +64,9 @@ from service.serving.runtime.model_store import (
     version_dirs,
 )
 from service.serving.runtime.native_frontend import (
-    TOLERANCE,
     largest_difference,
     native_frontend,
+    tolerance,
 )
 from service.serving.runtime.version_plan import missing_default_model, planned_versions
 from service.serving.runtime.workers import (
@@ -328,19 +328,20 @@ class ModelRepository:
         """Swap the front-end file for its numpy twin where one exists and agrees with it."""
         m = served.manifest
         name = m.frontend_outputs[0].name if m.frontend_outputs else FRONTEND_OUTPUT
-        native = native_frontend(m.frontend, name)
-        if native is None or served.frontend is None:
-            return
         try:
+            native = native_frontend(m.frontend, name)
+            if native is None or served.frontend is None:
+                return
             difference = largest_difference(native, served.frontend, m.frontend.sample_rate)
         except Exception:  # an optimisation: without its check, the file serves
             log.exception("%s/%s: checking the numpy front end failed; the exported file "
                           "computes it", served.name, served.version)
             return
-        if difference > TOLERANCE:
+        limit = tolerance(m)
+        if difference > limit:
             log.warning("%s/%s: the numpy %s front end differs from the exported one by %.3g "
                         "(tolerance %g); the exported file computes it", served.name,
-                        served.version, m.frontend.type, difference, TOLERANCE)
+                        served.version, m.frontend.type, difference, limit)
             return
         served.frontend.close()
         served.frontend = native

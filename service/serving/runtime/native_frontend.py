@@ -3,24 +3,21 @@ its exported file: an FFT where the file runs a 400-tap DFT as a convolution, 1.
 for a 1 s clip and 1.8x for 10 s (``benchmarks/frontend_cost.py``), on what is the largest
 single cost of an audio request on a CPU host.
 
-It is used only where it gives the file's numbers: ``agrees_with`` runs both on the shipped
-check clip (voices, a chord, noise, clicks, digital silence) and on noise at several levels,
-and the repository keeps the file when the two differ by more than the export tolerance
-(``Settings.native_frontend`` turns it off altogether). Any other front-end type runs its
-file, as exported.
+It is used only where it gives the file's numbers: ``largest_difference`` runs both on the
+shipped check clip (voices, a chord, noise, clicks, digital silence) and on noise at several
+levels, and the repository keeps the file when the two differ by more than ``tolerance``
+(``Settings.native_frontend`` turns it off altogether). Any other front-end type, or a
+LogMel whose manifest does not give its settings, runs its file, as exported.
 """
 
 import numpy as np
 
 from service import mel
 from service.export import check_audio
-from service.manifest import FrontendInfo, FrontendSpec
+from service.manifest import FRONTEND_TOLERANCE, FrontendInfo, FrontendSpec, Manifest
 from service.serving.runtime.backend import Backend
 
 NATIVE_TYPES = frozenset({"LogMel"})
-# Largest difference from the file allowed: the export check's front-end tolerance (natural
-# log: 1 % of power), which the file itself met against eager PyTorch.
-TOLERANCE = 1e-2
 
 
 class NativeLogMel:
@@ -45,10 +42,18 @@ class NativeLogMel:
 
 
 def native_frontend(info: FrontendInfo, output_name: str) -> NativeLogMel | None:
-    """The native front end for ``info``, or None when its type has none."""
-    if info.type not in NATIVE_TYPES:
+    """The native front end for ``info``, or None when its type has none or its manifest
+    does not give its settings."""
+    if info.type not in NATIVE_TYPES or not info.params:
         return None
     return NativeLogMel(FrontendSpec(**info.params), output_name)
+
+
+def tolerance(manifest: Manifest) -> float:
+    """Largest difference from the file allowed: the one its export check recorded, else
+    the export check's default."""
+    recorded = [o.tolerance for o in manifest.frontend_outputs if o.tolerance is not None]
+    return recorded[0] if recorded else FRONTEND_TOLERANCE
 
 
 def check_inputs(sample_rate: int) -> list[np.ndarray]:

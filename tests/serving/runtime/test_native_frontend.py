@@ -4,6 +4,7 @@ same answers, and stays the file where it does not."""
 import asyncio
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,17 +44,29 @@ def test_numpy_front_end_serves_the_answers_of_the_file(model_store):
                                rtol=0, atol=1e-4)
 
 
-def test_a_manifest_that_misdescribes_its_front_end_keeps_the_file(model_store, tmp_path,
-                                                                   caplog):
+def store_with_params(model_store, tmp_path, change) -> Path:
+    """A copy of kws12-diffres/1 whose manifest's front-end params ``change`` edited."""
     store = tmp_path / "store"
     shutil.copytree(model_store / "kws12-diffres" / "1", store / "kws12-diffres" / "1")
     manifest = Manifest.read(store / "kws12-diffres" / "1")
-    manifest.frontend.params["f_max"] = manifest.frontend.params["f_max"] / 2
+    change(manifest.frontend.params)
     manifest.write(store / "kws12-diffres" / "1")
+    return store
+
+
+def test_a_manifest_that_misdescribes_its_front_end_keeps_the_file(model_store, tmp_path,
+                                                                   caplog):
+    store = store_with_params(model_store, tmp_path,
+                              lambda params: params.update(f_max=params["f_max"] / 2))
     with caplog.at_level(logging.WARNING):
         runs_on, _ = asyncio.run(served(store))
     assert runs_on == "onnx"
     assert "the exported file computes it" in caplog.text
+
+
+def test_a_manifest_without_front_end_settings_keeps_the_file(model_store, tmp_path):
+    runs_on, result = asyncio.run(served(store_with_params(model_store, tmp_path, dict.clear)))
+    assert runs_on == "onnx" and result["top"]
 
 
 @pytest.mark.parametrize("native_frontend", [True, False])
