@@ -10,8 +10,8 @@ native_frontend.py``): the same numbers for less CPU, and no torch.
 import numpy as np
 
 MEL_SCALES = ("htk", "slaney")
-FRAME_BLOCK = 32  # frames per FFT call in log_mel (benchmarks/frontend_cost.py)
 MEL_NORMS = (None, "slaney")
+FRAME_BLOCK = 32  # frames per FFT call in log_mel (benchmarks/frontend_cost.py)
 
 # Slaney's Auditory Toolbox mel scale: linear to 1 kHz, logarithmic above.
 _SLANEY_F_SP = 200.0 / 3
