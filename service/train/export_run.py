@@ -29,7 +29,7 @@ from service.export import (
 from service.manifest import BACKENDS, Manifest
 from service.train import checkpoint
 from service.train.config import TrainConfig
-from service.train.data import load_split
+from service.train.data import HELD_OUT_SPLITS, load_split
 from service.train.loop import predict
 from service.train.model import build_frontend, build_model
 from service.train.report import RESULT_FILE, read_json
@@ -98,7 +98,7 @@ def export_run(run: Path, store: Path, name: str, version: int,
     try:
         manifest = export_model_dir(model.compressor, model.classifier, frontend, staging,
                                     name, version, labels,
-                                    metrics={k: result[k] for k in METRIC_KEYS},
+                                    metrics=manifest_metrics(result),
                                     dataset=result["dataset"],
                                     training=_training(cfg, result, run))
         test = load_split(Path(cfg.data), "test", labels)
@@ -111,6 +111,13 @@ def export_run(run: Path, store: Path, name: str, version: int,
         shutil.rmtree(staging, ignore_errors=True)
     print(f"exported {run} to {final}")
     return manifest
+
+
+def manifest_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest tells of the run: ``METRIC_KEYS``, and the accuracy and loss on each
+    held-out split it was tested on (``test_cross``: the voices training never heard)."""
+    held_out = [f"{split}_{what}" for split in HELD_OUT_SPLITS for what in ("acc", "loss")]
+    return {k: result[k] for k in METRIC_KEYS} | {k: result[k] for k in held_out if k in result}
 
 
 def _training(cfg: TrainConfig, result: dict[str, Any], run: Path) -> dict[str, Any]:
