@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.manifest import BACKENDS, FRONTEND_OUTPUT, Manifest  # noqa: E402
+from service.manifest import BACKENDS, FRONTEND_OUTPUT, WAVEFORM, Manifest  # noqa: E402
 from service.serving.runtime.backend_registry import make_backend  # noqa: E402
 from service.serving.runtime.native_frontend import native_frontend  # noqa: E402
 
@@ -57,7 +57,7 @@ def main() -> None:
     if native is None:
         raise SystemExit(f"{args.model_dir}: front end {f.type!r} has no numpy version")
     files = BACKENDS["onnx"]
-    exported = make_backend("onnx", args.model_dir / files.frontend, "waveform", None,
+    exported = make_backend("onnx", args.model_dir / files.frontend, WAVEFORM, None,
                             ["CPUExecutionProvider"], 1,
                             sha256=manifest.artifacts[files.frontend].sha256)
     exported.load("cpu")
