@@ -88,7 +88,7 @@ def log_mel(waves: np.ndarray, window: np.ndarray, filterbank: np.ndarray, hop_l
     Frames go through in blocks of ``FRAME_BLOCK``: whole-clip temporaries (a 10 s clip's
     frames are 3 MB) are fresh pages on every call and tripled the time of a long clip."""
     n_fft = len(window)
-    window = window.astype(np.float32)
+    window = np.asarray(window, np.float32)  # a no-op for a float32 window
     padded = np.pad(np.asarray(waves, np.float32), ((0, 0), (n_fft // 2, n_fft - n_fft // 2)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=1)[:, ::hop_length]
     out = np.empty(frames.shape[:2] + (filterbank.shape[1],), np.float32)

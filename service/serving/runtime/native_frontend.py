@@ -25,7 +25,8 @@ class NativeLogMel:
 
     def __init__(self, spec: FrontendSpec, output_name: str) -> None:
         self.spec, self.output_name = spec, output_name
-        self.window = mel.hann_window(spec.win_length, spec.n_fft)
+        # float32 once here, not on every call (log_mel computes in float32).
+        self.window = mel.hann_window(spec.win_length, spec.n_fft).astype(np.float32)
         self.filterbank = mel.mel_filterbank(spec.n_fft // 2 + 1, spec.f_min, spec.f_max,
                                              spec.n_mels, spec.sample_rate, spec.mel_scale,
                                              spec.n_fft)
