@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     native_frontend: bool = Field(True, description="compute a LogMel model's front end with "
                                   "numpy's FFT instead of its exported file, where a check at "
                                   "load finds the two agree within the export tolerance")
+    gc_freeze: bool = Field(True, description="once the initial load has finished, take "
+                            "every object alive then out of the cyclic garbage collector's "
+                            "reach (gc.freeze): its full collections otherwise walk every "
+                            "loaded library, pauses of tens of ms that set the p99 latency")
     max_batch_size: int = Field(32, ge=1)
     max_queue_delay_ms: float = Field(5.0, ge=0)
     max_queue_size: int = Field(512, ge=1, description="queued windows per model version")

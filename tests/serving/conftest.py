@@ -39,7 +39,8 @@ def model_store(tmp_path_factory) -> Path:
 def make_settings(store: Path, **overrides) -> Settings:
     base = {"model_store": store, "models": ["kws12-diffres", "kws12-avgpool"],
             "devices": ["cpu"], "max_batch_size": 8, "max_queue_delay_ms": 2.0,
-            "feature_threads": 2, "intra_op_threads": 1}
+            "feature_threads": 2, "intra_op_threads": 1,
+            "gc_freeze": False}  # frozen, the test process's old apps would never be collected
     return Settings(**(base | overrides))
 
 

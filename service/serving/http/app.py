@@ -6,6 +6,7 @@ the store; see ``ModelRepository.check_default_model``."""
 
 import asyncio
 import contextlib
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -38,6 +39,12 @@ def create_app(settings: Settings | None = None, group: ProcessGroup | None = No
     service = build_service(settings, group)
     metrics = service.metrics
 
+    async def load() -> None:
+        await service.start()
+        if settings.gc_freeze:  # see its description in Settings; PERFORMANCE.md measures it
+            gc.collect()
+            gc.freeze()
+
     async def reload_from_peer() -> None:
         try:
             await service.reload(from_peer=True)
@@ -48,7 +55,7 @@ def create_app(settings: Settings | None = None, group: ProcessGroup | None = No
     async def lifespan(app: FastAPI):
         log.info("settings: %s", settings.masked())
         service.check_startup()  # fails the startup: see model_repository.py
-        loader = asyncio.create_task(service.start(), name="load-models")
+        loader = asyncio.create_task(load(), name="load-models")
         app.state.loader = loader
         if group is not None:
             asyncio.get_running_loop().add_signal_handler(
