@@ -2,15 +2,15 @@
 full resolution against DiffRes at rates 0.5 and 0.75, side by side, on one server.
 
     python benchmarks/served_cost.py [--seconds 8] [--rounds 3] [--clients 64]
-                                     [--max-batch-size 32]
+                                     [--max-batch-size 32] [--processes 1]
 
 Steps, all in one run so the ratios compare like with like on a shared machine:
 1. build the three models (``AudioClassifier.build(kind, 101, 40, rate, 12,
    classifier="bcresnet")``, random weights with a fixed seed: the cost does not depend on
    them) and export each, ONNX only, with a 16 kHz 40-mel ``LogMel`` front end, to a
    temporary model store as ``bcres-full``, ``bcres-diffres-050`` and ``bcres-diffres-075``;
-2. start ONE server on that store (version policy latest, ``--max-batch-size``, the server's
-   default threads) and, after a short warm-up per model, drive
+2. start ONE server on that store (version policy latest, ``--max-batch-size``,
+   ``--processes``, the server's default threads) and, after a short warm-up per model, drive
    ``POST /classify?model=NAME`` with a one-window ``.npy`` body (101 x 40 float32 log-mel
    noise) with wrk, ``--clients`` connections, closed loop, ``--seconds`` per model, over
    ``--rounds`` rounds whose model order rotates so every model runs in every position;
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2, help="seconds per model, first")
+    parser.add_argument("--processes", type=int, default=1, help="serving processes "
+                        "(DIFFRES_PROCESSES)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     require_wrk()  # before the export, not after
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         server = LocalServer(tmp / "server.log", args=[
             "--model-store", str(store), "--models", ",".join(names),
             "--default-model", names[0], "--version-policy", "latest",
-            "--max-batch-size", str(args.max_batch_size), "--log-level", "warning"])
+            "--max-batch-size", str(args.max_batch_size), "--processes", str(args.processes),
+            "--log-level", "warning"])
         results: dict[str, list[dict]] = {name: [] for name in names}
         with server:
             for name in names:
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                           args.warmup)
             print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
                   f"{args.clients} connections, {args.seconds:g} s per model per round, "
-                  f"max batch {args.max_batch_size}")
+                  f"max batch {args.max_batch_size}, {args.processes} serving process(es)")
             for r in range(args.rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 cells = []

@@ -17,6 +17,9 @@ from service.manifest import COMPRESSOR_KINDS
 
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s clips
+# Fields that say where a run reads and writes and how fast it goes, not what it learns: a
+# resume may change them, and twin runs (one dataset against another) differ only in them.
+PLACE_AND_SPEED_FIELDS = frozenset({"threads", "device", "eval_batch_size", "out", "data"})
 WINDOW_MS = 25.0  # n_fft = win_length = 400 at 16 kHz, whatever the hop
 # The compressors we train: every kind of the serving contract but a user's "custom" one.
 COMPRESSORS = tuple(kind for kind in COMPRESSOR_KINDS if kind != "custom")

@@ -1,13 +1,18 @@
 """Export a finished run's best checkpoint to the model store, and prove the export agrees.
 
     python -m service.train.export_run --run runs/X --name kws12-diffres --version 1 \
-        --store model_store
+        --store model_store [--cross-engine-from runs/TWIN]
 
 ``export_model_dir`` checks the files numerically on noise; this adds the check that matters
 to users: on every clip of the TEST split, starting from the raw waveform, the exported
 front end + model (ONNX in onnxruntime, and TorchScript) give the same top-1 class as eager
 PyTorch. The version is exported beside the store's versions under a hidden name and only
 renamed into place when both formats agree on 100% of the clips.
+
+A run trained on every engine family has no unheard engine left to test on. Its manifest
+takes the cross-engine figures of a twin (``--cross-engine-from``): a finished run of the same
+configuration on a dataset that held one family out, which training never heard; the
+manifest names the twin and the family.
 """
 
 import argparse
@@ -28,8 +33,8 @@ from service.export import (
 )
 from service.manifest import BACKENDS, Manifest
 from service.train import checkpoint
-from service.train.config import TrainConfig
-from service.train.data import HELD_OUT_SPLITS, load_split
+from service.train.config import PLACE_AND_SPEED_FIELDS, TrainConfig
+from service.train.data import HELD_OUT_SPLITS, load_split, read_recipe
 from service.train.loop import predict
 from service.train.model import build_frontend, build_model
 from service.train.report import RESULT_FILE, read_json
@@ -41,6 +46,10 @@ METRIC_KEYS = ("test_acc", "test_loss", "val_acc", "val_loss", "best_epoch",
 
 class AgreementError(RuntimeError):
     """An exported format's top-1 differs from eager PyTorch on some test clip."""
+
+
+class TwinError(ValueError):
+    """``--cross-engine-from`` names a run that cannot stand in for this one."""
 
 
 def exported_top1(frontend: Runner, model: Runner, waves: Tensor, batch_size: int) -> Tensor:
@@ -78,13 +87,42 @@ def check_agreement(runners: dict[str, tuple[Runner, Runner]], eager_top1: Tenso
     return report
 
 
-def export_run(run: Path, store: Path, name: str, version: int,
-               batch_size: int = 64) -> Manifest:
-    """Export ``run``'s best epoch as ``store/name/version``; see the module docstring."""
-    run = Path(run)
+def finished(run: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """A finished run's configuration and result."""
     if not (run / RESULT_FILE).is_file():
         raise FileNotFoundError(f"{run / RESULT_FILE} missing: the run has not finished")
-    cfg, result = TrainConfig.load(run), read_json(run / RESULT_FILE)
+    return TrainConfig.load(run), read_json(run / RESULT_FILE)
+
+
+def twin_cross_metrics(cfg: TrainConfig, result: dict[str, Any], twin: Path) -> dict[str, Any]:
+    """The engine-disjoint figures of ``twin`` for a run that has none of its own; refused
+    unless the twin learnt the same way (configurations equal but for place and speed)."""
+    if "test_cross_acc" in result:
+        raise TwinError("the run has its own cross-engine test; it needs no twin")
+    twin_cfg, twin_result = finished(Path(twin))
+    ours, theirs = cfg.to_dict(), twin_cfg.to_dict()
+    differ = sorted(k for k in ours if ours[k] != theirs.get(k)
+                    and k not in PLACE_AND_SPEED_FIELDS)
+    if differ:
+        raise TwinError(f"{twin} is no twin: its configuration differs in {differ}")
+    if "test_cross_acc" not in twin_result:
+        raise TwinError(f"{twin} has no cross-engine test (test_cross_acc)")
+    held_out = read_recipe(Path(twin_cfg.data)).get("params", {}).get("held_out")
+    return {"test_cross_acc": twin_result["test_cross_acc"],
+            "test_cross_loss": twin_result["test_cross_loss"],
+            "test_cross_from": {"run": str(twin), "data": twin_cfg.data,
+                                "held_out": held_out,
+                                "test_acc": twin_result["test_acc"]}}
+
+
+def export_run(run: Path, store: Path, name: str, version: int, batch_size: int = 64,
+               cross_engine_from: Path | None = None) -> Manifest:
+    """Export ``run``'s best epoch as ``store/name/version``; see the module docstring."""
+    run = Path(run)
+    cfg, result = finished(run)
+    metrics = manifest_metrics(result)
+    if cross_engine_from is not None:
+        metrics |= twin_cross_metrics(cfg, result, cross_engine_from)
     labels = result["labels"]
     model = build_model(cfg, len(labels))
     model.load_state_dict(checkpoint.load(run / checkpoint.BEST_FILE)["model"])
@@ -98,7 +136,7 @@ def export_run(run: Path, store: Path, name: str, version: int,
     try:
         manifest = export_model_dir(model.compressor, model.classifier, frontend, staging,
                                     name, version, labels,
-                                    metrics=manifest_metrics(result),
+                                    metrics=metrics,
                                     dataset=result["dataset"],
                                     training=_training(cfg, result, run))
         test = load_split(Path(cfg.data), "test", labels)
@@ -134,10 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", type=int, required=True)
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cross-engine-from", type=Path, metavar="TWIN", help="for a run "
+                        "trained on every engine family: a finished run of the same "
+                        "configuration that held one out, whose cross-engine figures the "
+                        "manifest takes")
     args = parser.parse_args(argv)
     try:
-        export_run(args.run, args.store, args.name, args.version, args.batch_size)
-    except (AgreementError, ExportCheckError, FileExistsError, FileNotFoundError) as err:
+        export_run(args.run, args.store, args.name, args.version, args.batch_size,
+                   args.cross_engine_from)
+    except (AgreementError, ExportCheckError, FileExistsError, FileNotFoundError,
+            TwinError) as err:
         sys.exit(f"error: {err}")
 
 

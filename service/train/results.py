@@ -5,7 +5,7 @@ results. Accuracies are fractions in result.json and percentage points here.
 """
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class Summary:
     # the engine-disjoint test (``test_cross``); None unless every seed has it
     cross_mean: float | None = None
     cross_std: float | None = None
+    # per seed, for paired comparisons: {"test": {seed: acc}, "cross": {...}}
+    by_seed: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,16 @@ def summarize(experiment: Experiment, results: list[dict[str, Any]]) -> Summary:
     cross = (_mean_std([100 * r["test_cross_acc"] for r in results])
              if all("test_cross_acc" in r for r in results) else (None, None))
     first = results[0]
-    return Summary(experiment, [r["config"]["seed"] for r in results],
+    seeds = [r["config"]["seed"] for r in results]
+    by_seed = {"test": {seed: 100 * r["test_acc"] for seed, r in zip(seeds, results)}}
+    if cross[0] is not None:
+        by_seed["cross"] = {seed: 100 * r["test_cross_acc"] for seed, r in zip(seeds, results)}
+    return Summary(experiment, seeds,
                    first["frames_kept_fraction"], *test, *val, first["classifier_mflops"],
                    statistics.median(r["cpu_ms_per_clip_b1"] for r in results),
                    statistics.median(r["cpu_ms_per_clip_b64"] for r in results),
-                   statistics.fmean(r["seconds_per_epoch"] for r in results), *cross)
+                   statistics.fmean(r["seconds_per_epoch"] for r in results), *cross,
+                   by_seed)
 
 
 def _at_least(text: str, summaries: dict[str, Summary], left: str, right: str,
@@ -97,7 +104,21 @@ def _at_least(text: str, summaries: dict[str, Summary], left: str, right: str,
         return Goal(text, None, "no cross-engine figure for every seed")
     return Goal(text, a >= b + margin,
                 f"{left} {a:.2f}%, needs >= {b + margin:.2f}% ({right} {b:.2f}% "
-                f"{margin:+.1f} pt); difference {a - b:+.2f} pt")
+                f"{margin:+.1f} pt); difference {a - b:+.2f} pt"
+                + paired(summaries[left], summaries[right], split))
+
+
+def paired(left: Summary, right: Summary, split: str) -> str:
+    """The difference seed by seed, on the seeds both have: how much of a mean difference is
+    the seed's luck (the same seed shares the data order and initialisation draws)."""
+    a, b = left.by_seed.get(split, {}), right.by_seed.get(split, {})
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return ""
+    diffs = [a[s] - b[s] for s in common]
+    mean, std = _mean_std(diffs)
+    return (f"; paired over seeds {' '.join(map(str, common))}: {mean:+.2f} ± {std:.2f} pt "
+            f"({', '.join(f'{d:+.1f}' for d in diffs)})")
 
 
 GOALS = (  # (text, left, right, margin in points)

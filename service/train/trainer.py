@@ -15,7 +15,12 @@ from tqdm import tqdm
 
 from service.config import usable_cores
 from service.train import checkpoint
-from service.train.config import TrainConfig, resolve_device, with_defaults
+from service.train.config import (
+    PLACE_AND_SPEED_FIELDS,
+    TrainConfig,
+    resolve_device,
+    with_defaults,
+)
 from service.train.cost import model_costs
 from service.train.data import (
     HELD_OUT_SPLITS,
@@ -37,9 +42,6 @@ from service.train.report import (
     write_json,
     write_metrics,
 )
-
-# Fields that change speed, not numbers: a resume may change them.
-_RESUMABLE_CHANGES = {"threads", "device", "eval_batch_size", "out", "data"}
 
 
 @dataclass
@@ -134,7 +136,7 @@ def _restore(run: Run) -> dict[str, Any]:
     saved = checkpoint.load(path)
     saved_config = with_defaults(saved["config"])
     changed = {k for k, v in run.cfg.to_dict().items() if saved_config.get(k) != v}
-    if changed - _RESUMABLE_CHANGES:
+    if changed - PLACE_AND_SPEED_FIELDS:
         raise ValueError(f"cannot resume {path}: config differs in {sorted(changed)}")
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])

@@ -247,6 +247,14 @@ def test_cross_engine_goals_use_the_held_out_test() -> None:
     assert "| 61.00 ± 1.41 |" in text and "cross-engine acc (%)" in text
 
 
+def test_goals_show_the_difference_seed_by_seed() -> None:
+    runs = {"full": (0.90, 0.92, 0.80), "diffres-0.5": (0.91, 0.92)}  # seed 2: full only
+    summaries = {name: summarize(BY_NAME[name], [fake_result(a, s) for s, a in enumerate(v)])
+                 for name, v in runs.items()}
+    goal = evaluate_goals(summaries)[0]
+    assert "paired over seeds 0 1: +0.50 ± 0.71 pt (+1.0, +0.0)" in goal.detail
+
+
 def test_experiments_report_reads_result_files(tmp_path: Path) -> None:
     from service.train.experiments import main
 
@@ -300,3 +308,38 @@ def test_export_run_agrees_on_the_test_split(full_run: Path, tmp_path: Path) -> 
     assert manifest.training["compressor"] == "diffres"
     with pytest.raises(FileExistsError):
         export_run(full_run, tmp_path / "store", "tiny-diffres", 1)
+
+
+def fake_finished_run(directory: Path, data: str, cross: float | None = None,
+                      **config) -> Path:
+    """A run directory holding only what export reads of a finished run."""
+    directory.mkdir(parents=True)
+    TrainConfig(data=data, out=str(directory), **config).save(directory)
+    held_out = {} if cross is None else {"test_cross_acc": cross, "test_cross_loss": 1.5}
+    (directory / "result.json").write_text(json.dumps({"test_acc": 0.7} | held_out))
+    return directory
+
+
+def test_a_run_on_every_engine_takes_its_twins_cross_engine_figures(tmp_path: Path) -> None:
+    from service.train.export_run import finished, twin_cross_metrics
+
+    run = fake_finished_run(tmp_path / "all", "data/all", threads=1)
+    twin = fake_finished_run(tmp_path / "twin", "data/held-out", cross=0.45)
+    metrics = twin_cross_metrics(*finished(run), twin)
+    assert metrics["test_cross_acc"] == 0.45 and metrics["test_cross_loss"] == 1.5
+    assert metrics["test_cross_from"]["run"] == str(twin)
+    assert metrics["test_cross_from"]["data"] == "data/held-out"
+
+
+@pytest.mark.parametrize("case", ["another configuration", "no cross-engine test",
+                                  "a run with its own"])
+def test_a_twin_that_cannot_stand_in_is_refused(tmp_path: Path, case: str) -> None:
+    from service.train.export_run import TwinError, finished, twin_cross_metrics
+
+    run = fake_finished_run(tmp_path / "all", "data/all",
+                            cross=0.5 if case == "a run with its own" else None)
+    twin = fake_finished_run(tmp_path / "twin", "data/held-out",
+                             cross=None if case == "no cross-engine test" else 0.45,
+                             lr=0.01 if case == "another configuration" else 0.003)
+    with pytest.raises(TwinError):
+        twin_cross_metrics(*finished(run), twin)
