@@ -30,3 +30,20 @@ def test_reports_every_goal_and_counts_false_alarms_per_kind(model_dir, tmp_path
     alarms = found["non_speech_alarms"]
     assert set(alarms) == set(NON_SPEECH_KINDS)
     assert found["non_speech_clean"] == pytest.approx(1 - sum(alarms.values()) / 18)
+
+
+def test_phrase_voices_are_those_training_never_heard(tmp_path):
+    import csv
+
+    from service.train.ship_goals import held_out_voices
+
+    (tmp_path / "recipe.json").write_text(json.dumps({"params": {"held_out": "none"}}))
+    with open(tmp_path / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "split", "speaker"])
+        writer.writerows([["a", "train", "flite:slt"], ["b", "test", "flite:slt"],
+                          ["c", "test", "flite:kal"], ["d", "validation", "flite:rms"],
+                          ["e", "test", "espeak-ng:en"]])
+    assert held_out_voices(tmp_path) == ["flite:kal"]
+    (tmp_path / "recipe.json").write_text(json.dumps({"params": {"held_out": "flite"}}))
+    assert "flite:slt" in held_out_voices(tmp_path)
