@@ -108,8 +108,12 @@ def held_out_voices(root: Path | None) -> list[str]:
     if family == "none":
         rows = read_metadata(root)
         heard = {r["speaker"] for r in rows if r["split"] != "test"}
-        return sorted({r["speaker"] for r in rows if r["split"] == "test"
-                       and r["speaker"].startswith("flite:")} - heard)
+        unheard = sorted({r["speaker"] for r in rows if r["split"] == "test"
+                          and r["speaker"].startswith("flite:")} - heard)
+        if not unheard:
+            raise SystemExit("phrases need flite voices training never heard; this dataset's "
+                             "test split has none (use --no-phrases)")
+        return unheard
     raise SystemExit(f"phrases need flite voices training never heard; the dataset holds out "
                      f"{family!r} (use --no-phrases)")
 

@@ -45,5 +45,9 @@ def test_phrase_voices_are_those_training_never_heard(tmp_path):
                           ["c", "test", "flite:kal"], ["d", "validation", "flite:rms"],
                           ["e", "test", "espeak-ng:en"]])
     assert held_out_voices(tmp_path) == ["flite:kal"]
+    with open(tmp_path / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["f", "train", "flite:kal"])
+    with pytest.raises(SystemExit, match="none"):  # every flite voice heard: no phrase test
+        held_out_voices(tmp_path)
     (tmp_path / "recipe.json").write_text(json.dumps({"params": {"held_out": "flite"}}))
     assert "flite:slt" in held_out_voices(tmp_path)
