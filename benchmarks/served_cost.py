@@ -13,8 +13,9 @@ Steps, all in one run so the ratios compare like with like on a shared machine:
    ``--processes``, the server's default threads) and, after a short warm-up per model, drive
    ``POST /classify?model=NAME`` with an ``.npy`` body of float32 log-mel noise holding
    ``--windows`` model windows (1: 101 x 40; N: the frames the server cuts into N
-   overlapping windows at its default hop, half a window) with wrk, ``--clients`` connections, closed loop, ``--seconds`` per model, over
-   ``--rounds`` rounds whose model order rotates so every model runs in every position;
+   overlapping windows at its default hop, half a window) with wrk, ``--clients``
+   connections, closed loop, ``--seconds`` per model, over ``--rounds`` rounds whose model
+   order rotates so every model runs in every position;
 3. print the median req/s (and windows/s) and p50/p99 latency per model and the ratios
    DiffRes / full (issue #13's goal: >= 1.6x at rate 0.5, >= 2.5x at 0.75, on CPU at batch
    32). Each request also pays HTTP, parsing and batching work that does not depend on the
@@ -41,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from load_tests.server import LocalServer  # noqa: E402
 from load_tests.wrk import drive, require_wrk  # noqa: E402
+from service.config import Settings  # noqa: E402
 from service.export import export_model_dir  # noqa: E402
 from service.frontend import LogMel  # noqa: E402
 from service.pipeline import AudioClassifier  # noqa: E402
-from service.config import Settings  # noqa: E402
 from service.serving.dataplane.windowing import hop_frames, window_starts  # noqa: E402
 
 T, F = 101, 40  # 1 s at a 10 ms hop, 40 mels
