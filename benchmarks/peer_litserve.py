@@ -1,8 +1,8 @@
 """Our server against LitServe 0.2.19 serving the same ONNX files, side by side in one run:
 closed-loop throughput on two workloads, then paced latency of our best configuration.
 
-    .venv/bin/python benchmarks/peer_litserve.py [--model kws12-diffres] [--clients 64]
-        [--seconds 15] [--rounds 3] [--processes 1 2] [--threads N] [--warmup 2]
+    .venv/bin/python benchmarks/peer_litserve.py [--model kws12-diffres] [--version N]
+        [--clients 64] [--seconds 15] [--rounds 3] [--processes 1 2] [--threads N] [--warmup 2]
         [--peer-python build/peer-venv/bin/python] [--no-pause] [--no-gc-freeze]
 
 Steps, all in one run so the ratios compare like with like on a shared machine:
@@ -625,17 +625,25 @@ def idle_cpu(results: dict) -> dict[str, float]:
 # ---------------------------------------------------------------- main
 
 
-def latest_version(store: Path, model: str) -> Path:
+def version_dir(store: Path, model: str, version: int | None) -> Path:
+    """``store/model/version``, or the model's latest version when ``version`` is None."""
     versions = [p for p in (store / model).iterdir() if p.name.isdigit() and p.is_dir()]
     if not versions:
         raise Failed(f"{store / model} holds no version directory")
-    return max(versions, key=lambda p: int(p.name))
+    if version is None:
+        return max(versions, key=lambda p: int(p.name))
+    if not (store / model / str(version)).is_dir():
+        raise Failed(f"{store / model} has no version {version} (it has "
+                     f"{', '.join(sorted((p.name for p in versions), key=int))})")
+    return store / model / str(version)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--model", default="kws12-diffres")
+    parser.add_argument("--version", type=int, help="model version (default: the latest; "
+                        "issue #14 set its goals on kws12-diffres/3)")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15, help="per run")
     parser.add_argument("--rounds", type=int, default=3)
@@ -659,7 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     require_wrk()
     python, versions = peer_python(args.peer_python)
-    model_dir = latest_version(args.model_store, args.model)
+    model_dir = version_dir(args.model_store, args.model, args.version)
     manifest = Manifest.read(model_dir)
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="diffres-peer-") as tmp_name, \
