@@ -63,7 +63,12 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from load_tests.server import LocalServer, http_status, listening_ports  # noqa: E402
+from load_tests.server import (  # noqa: E402
+    LocalServer,
+    http_status,
+    listening_ports,
+    process_tree,
+)
 from load_tests.wrk import drive, require_wrk  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 
@@ -206,26 +211,6 @@ def workloads(model_dir: Path, manifest: Manifest, tmp: Path, seed: int) -> list
 
 
 # ---------------------------------------------------------------- servers
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and its live descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
 
 
 def cpu_seconds(root: int) -> float:

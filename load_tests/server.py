@@ -36,21 +36,43 @@ DEFAULT_ENV = {"DIFFRES_DRAIN_GRACE_S": "0"}  # under the environment and ``env`
 _STARTED = re.compile(rb"Uvicorn running on https?://[^\s:]+:(\d+)")
 
 
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports process ``pid`` is listening on, read from /proc (Linux); empty when it
-    listens on none yet, or where there is no /proc."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return set()
-    inodes = set()
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:  # closed meanwhile
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants, from /proc (Linux; ``[root]`` where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` or one of its descendants is listening on (serving
+    processes listen on sockets of their own), read from /proc (Linux); empty when they
+    listen on none yet, or where there is no /proc."""
+    inodes = set()
+    for member in process_tree(pid):
+        try:
+            fds = os.listdir(f"/proc/{member}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{member}/fd/{fd}")
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
     ports = set()
     for table in ("tcp", "tcp6"):
         try:

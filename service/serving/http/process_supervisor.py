@@ -2,10 +2,16 @@
 
 Why: one Python process parses HTTP, multipart bodies and JSON on a single event-loop
 thread, which saturates long before the cores do (docs/ARCHITECTURE.md has the numbers).
-Here the supervisor binds the listening socket once and starts N processes on it; the kernel
-spreads connections over them. Each process is the ordinary single-process server: its own
-event loop, feature thread pool, batchers and workers, with the host's cores divided among
-the processes (``Settings.cores_per_process``). Batches form per process and model.
+Here the supervisor binds the port once and starts N processes on it. On Linux each process
+listens on a socket of its own on that port (``SO_REUSEPORT``), and the kernel spreads new
+connections evenly over them by a hash of each connection. On one shared socket whichever
+process accepts first takes the connection, and a keep-alive client stays where it landed:
+64 wrk clients once split 0/64, which halved throughput (docs/ARCHITECTURE.md).
+Elsewhere (macOS does not balance ``SO_REUSEPORT``) the processes share the one socket.
+
+Each process is the ordinary single-process server: its own event loop, feature thread pool,
+batchers and workers, with the host's cores divided among the processes
+(``Settings.cores_per_process``). Batches form per process and model.
 
 What makes N processes behave as one server:
 - readiness: ``/readyz`` answers 200 only once every process has loaded (``ProcessGroup``);
@@ -24,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from multiprocessing.connection import wait
@@ -49,21 +56,50 @@ def run(settings: Settings) -> int:
     return Supervisor(settings).run()
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The one listening socket every process accepts on (port 0: the kernel picks one)."""
+BALANCED_ACCEPT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind(host: str, port: int, reuse_port: bool = BALANCED_ACCEPT) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: the kernel picks one)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    return sock
+
+
+def listen(host: str, port: int, backlog: int = 2048,
+           reuse_port: bool = BALANCED_ACCEPT) -> socket.socket:
+    sock = bind(host, port, reuse_port)
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
+
+
+def port_socket(host: str, port: int) -> socket.socket:
+    """The supervisor's socket: where the kernel balances, bound but not listening (it holds
+    the port, and picks it for port 0, but is handed no connection); else the one listening
+    socket every process accepts on."""
+    return bind(host, port) if BALANCED_ACCEPT else listen(host, port)
+
+
+def own_listener(inherited: socket.socket) -> socket.socket:
+    """The socket a serving process accepts on: its own on the supervisor's port where the
+    kernel balances, else the supervisor's. Its own is only bound here: uvicorn listens on
+    it once the app has started, so no connection waits on a process still loading."""
+    if not BALANCED_ACCEPT:
+        return inherited
+    own = bind(*inherited.getsockname()[:2])
+    inherited.close()
+    return own
 
 
 def _process_main(settings: Settings, sock: socket.socket, group: ProcessGroup) -> None:
     signal.signal(RELOAD_SIGNAL, signal.SIG_IGN)  # until the app handles it: a reload asked
     _drain_when_orphaned(group.supervisor_pid)  # while this one starts must not kill it
     configure_logging(settings.log_json, settings.log_level)
-    serve(settings, sockets=[sock], group=group)
+    serve(settings, sockets=[own_listener(sock)], group=group)
 
 
 def _drain_when_orphaned(supervisor_pid: int) -> None:
@@ -91,7 +127,7 @@ class Supervisor:
     def run(self) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="diffres-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the processes it spawns
-        sock = self._sock = listen(self.settings.host, self.settings.port)
+        sock = self._sock = port_socket(self.settings.host, self.settings.port)
         try:
             log.info("serving on %s:%d with %d processes", *sock.getsockname()[:2], self.size)
             self._processes = [self._spawn(i, sock) for i in range(self.size)]
@@ -118,8 +154,8 @@ class Supervisor:
         """Every process drains on its own; a second SIGINT forces them (as uvicorn does)."""
         forced = self._stopping and sig == signal.SIGINT
         self._stopping = True
-        if self._sock is not None:  # the processes hold their own copies: once they have
-            self._sock.close()  # drained and closed them, a new connection is refused
+        if self._sock is not None:  # the processes' listeners (their own, or copies of this
+            self._sock.close()  # one) close as they finish draining: then connections are refused
         for process in self._processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGINT if forced else signal.SIGTERM)
