@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from service.train.report import METRICS_FILE, RESULT_FILE, read_json, read_metrics  # noqa: E402
+from service.train.trainer import is_better  # noqa: E402
 
 CONFIG_FILE = "config.json"
 
@@ -36,7 +37,10 @@ def run_row(run: Path) -> dict[str, Any]:
     def percent(key: str) -> float | None:
         return 100 * result[key] if result.get(key) is not None else None
 
-    best = max(history, key=lambda row: row["val_acc"]) if history else None
+    best = None
+    for row in history:  # the epoch the trainer keeps and tests
+        if is_better(row, best):
+            best = row
     return {
         "run": run_name(run),
         "epochs_done": len(history),

@@ -9,13 +9,15 @@ from service.train.report import METRICS_FILE, RESULT_FILE, write_json, write_me
 
 
 def fake_run(root: Path, name: str, val_accs: list[float], planned: int,
-             result: dict | None = None) -> Path:
+             result: dict | None = None, val_losses: list[float] | None = None) -> Path:
     run = root / "exp" / name
     run.mkdir(parents=True)
     write_json(run / "config.json", {"epochs": planned})
+    losses = val_losses or [1.0] * len(val_accs)
     write_metrics(run / METRICS_FILE, [
-        {"epoch": i + 1, "train_loss": 1.0, "train_ce": 1.0, "guide_loss": 0.0, "val_loss": 1.0,
-         "val_acc": acc, "lr": 1e-3, "seconds": 30.0} for i, acc in enumerate(val_accs)])
+        {"epoch": i + 1, "train_loss": 1.0, "train_ce": 1.0, "guide_loss": 0.0,
+         "val_loss": loss, "val_acc": acc, "lr": 1e-3, "seconds": 30.0}
+        for i, (acc, loss) in enumerate(zip(val_accs, losses, strict=True))])
     if result is not None:
         write_json(run / RESULT_FILE, result)
     return run
@@ -29,6 +31,11 @@ def test_a_finished_run_reports_its_best_validation_epoch_and_test_figures(tmp_p
     assert row["val_acc"] == pytest.approx(70.0)
     assert (row["test_acc"], row["test_cross_acc"]) == (pytest.approx(65.0), pytest.approx(40.0))
     assert row["minutes"] == pytest.approx(1.5)
+
+
+def test_the_best_epoch_is_the_one_the_trainer_keeps(tmp_path):
+    run = fake_run(tmp_path, "full-s0", [0.7, 0.7], 2, val_losses=[1.0, 0.5])
+    assert run_row(run)["best_epoch"] == 2  # a tie in accuracy goes to the lower loss
 
 
 def test_an_unfinished_run_shows_how_far_it_got_and_no_test_figure(tmp_path, capsys):
