@@ -59,19 +59,19 @@ def run(settings: Settings) -> int:
 BALANCED_ACCEPT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
-def bind(host: str, port: int, reuse_port: bool = BALANCED_ACCEPT) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0: the kernel picks one)."""
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: the kernel picks one), sharing the port
+    with the other processes' where the kernel balances."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
+    if BALANCED_ACCEPT:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
 
 
-def listen(host: str, port: int, backlog: int = 2048,
-           reuse_port: bool = BALANCED_ACCEPT) -> socket.socket:
-    sock = bind(host, port, reuse_port)
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    sock = bind(host, port)
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
@@ -87,7 +87,8 @@ def port_socket(host: str, port: int) -> socket.socket:
 def own_listener(inherited: socket.socket) -> socket.socket:
     """The socket a serving process accepts on: its own on the supervisor's port where the
     kernel balances, else the supervisor's. Its own is only bound here: uvicorn listens on
-    it once the app has started, so no connection waits on a process still loading."""
+    it once the app has started and can answer, so no connection queues behind a process
+    still importing (models load after that, and /readyz says so)."""
     if not BALANCED_ACCEPT:
         return inherited
     own = bind(*inherited.getsockname()[:2])
