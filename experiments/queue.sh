@@ -6,7 +6,7 @@
 cd "$(dirname "$0")/.."  # the repository root
 run() {  # seed config...
   local seed=$1; shift
-  nice -n 10 .venv/bin/python -m service.train.experiments --data data/kws12 \
+  nice -n 10 .venv/bin/python -m service.train.experiments --data "${DATA:-data/kws12}" \
     --out "${OUT:-experiments/kws12-bc}" --classifier bcresnet --epochs "${EPOCHS:-20}" \
     --seeds "$seed" --threads "${THREADS:-0}" --docs "${DOCS:-runs/docs-draft}" --only "$@" || exit 1
 }
@@ -22,3 +22,7 @@ run 1 diffres-1ms-0.9
 run 2 diffres-1ms-0.9
 # What a 3x schedule buys, and whether it closes DiffRes's gap (RESULTS.md, "under-trained").
 OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 0 diffres-0.5 full
+# The shipped models at the longer schedule, on every engine family (experiments/README.md):
+# data/kws12-all first (python -m service.train.dataset ... --held-out none).
+DATA=data/kws12-all OUT=experiments/kws12-ship-e60 EPOCHS=60 DOCS=runs/ship-e60-docs run 0 diffres-0.5
+DATA=data/kws12-all OUT=experiments/kws12-ship-e60 EPOCHS=60 DOCS=runs/ship-e60-docs run 0 full
