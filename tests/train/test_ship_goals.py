@@ -51,3 +51,22 @@ def test_phrase_voices_are_those_training_never_heard(tmp_path):
         held_out_voices(tmp_path)
     (tmp_path / "recipe.json").write_text(json.dumps({"params": {"held_out": "flite"}}))
     assert "flite:slt" in held_out_voices(tmp_path)
+
+
+def test_without_a_cross_split_the_twins_cross_engine_figure_is_reported_and_named(
+        model_dir, tmp_path, capsys):
+    import shutil
+
+    from service.manifest import Manifest
+
+    model = shutil.copytree(model_dir, tmp_path / "m")
+    manifest = Manifest.read(model)
+    twin = {"run": "experiments/x/diffres-0.5-s0", "held_out": "flite"}
+    manifest.model_copy(update={"metrics": {"test_cross_acc": 0.42,
+                                            "test_cross_from": twin}}).write(model)
+    out = tmp_path / "goals.json"
+    main(["--model", str(model), "--no-phrases", "--non-speech", "9", "--json", str(out)])
+    table = capsys.readouterr().out
+    assert "| test_cross_acc | 42.0 % | >= 90 % | MISSED |" in table
+    assert "measured on its twin experiments/x/diffres-0.5-s0" in table
+    assert json.loads(out.read_text())["test_cross_from"] == twin["run"]
