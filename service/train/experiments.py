@@ -4,7 +4,8 @@
 
 Runs one after another (two cores are not worth splitting). A run whose result.json exists
 is skipped and an interrupted one resumes from its checkpoint, so the command can simply be
-started again. ``--only`` selects configurations; ``--report-only`` just rewrites the docs.
+started again. ``--only`` selects configurations; ``--report-only`` just rewrites the docs: the
+generated table, goals and plot, keeping the analysis written below them (``REPORT_END``).
 """
 
 import argparse
@@ -25,6 +26,7 @@ from service.train.results import (
     plot_accuracy_vs_frames,
     results_markdown,
     summarize,
+    with_kept_text,
 )
 from service.train.trainer import add_held_out, train
 
@@ -97,8 +99,9 @@ def write_report(args: argparse.Namespace, experiments: list[Experiment], comman
     if summaries:
         plot_accuracy_vs_frames(docs / PLOT_FILE, summaries)
     text = results_markdown(summaries, evaluate_goals(summaries), command, describe_runs(found))
-    (docs / "RESULTS.md").write_text(text)
-    return docs / "RESULTS.md"
+    path = docs / "RESULTS.md"
+    path.write_text(with_kept_text(text, path.read_text() if path.is_file() else ""))
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

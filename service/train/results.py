@@ -37,6 +37,8 @@ EXPERIMENTS = (
     Experiment("diffres-1ms-0.9", "DiffRes, 1 ms hop", "diffres", 0.9, 1.0),
 )
 BY_NAME = {exp.name: exp for exp in EXPERIMENTS}
+# The generated report ends here; whatever a person wrote below it survives a rewrite.
+REPORT_END = "<!-- end of the generated report: text below this line is kept on rewrite -->"
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,15 @@ def results_markdown(summaries: dict[str, Summary], goals: list[Goal], command: 
               "| goal | measured | status |", "| --- | --- | --- |"]
     lines += [f"| {g.text} | {g.detail} | **{_status(g)}** |" for g in goals]
     lines += ["", "![accuracy against fraction of frames kept](results_accuracy_vs_frames.png)",
-              ""]
+              "", REPORT_END, ""]
     return "\n".join(lines)
+
+
+def with_kept_text(report: str, previous: str) -> str:
+    """``report`` followed by what ``previous`` (the file it replaces) held below its
+    ``REPORT_END``: analysis written by hand outlives the numbers it is about."""
+    _, found, kept = previous.partition(REPORT_END)
+    return report + "\n" + kept.lstrip("\n") if found else report
 
 
 def plot_accuracy_vs_frames(path: Path, summaries: dict[str, Summary]) -> None:

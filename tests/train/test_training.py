@@ -270,6 +270,24 @@ def test_experiments_report_reads_result_files(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "results_accuracy_vs_frames.png").stat().st_size > 0
 
 
+def test_rewriting_the_report_keeps_the_text_written_below_it(tmp_path: Path) -> None:
+    from service.train.experiments import main
+
+    run = tmp_path / "exp" / "full-s0"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(fake_result(0.9, 0)))
+    args = ["--data", "d", "--out", str(tmp_path / "exp"), "--docs", str(tmp_path / "docs"),
+            "--report-only"]
+    main(args)
+    results = tmp_path / "docs" / "RESULTS.md"
+    results.write_text(results.read_text() + "## What ships\n\nwritten by hand\n")
+    (run / "result.json").write_text(json.dumps(fake_result(0.8, 0)))
+    main(args)
+    text = results.read_text()
+    assert "| 80.00 ±" in text and "| 90.00 ±" not in text  # the numbers are new
+    assert text.endswith("## What ships\n\nwritten by hand\n")  # the analysis survives
+
+
 def test_agreement_check_fails_loudly_on_a_mismatch() -> None:
     from service.train.export_run import AgreementError, check_agreement
 
