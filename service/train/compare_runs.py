@@ -15,8 +15,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from service.train.report import METRICS_FILE, RESULT_FILE, read_json, read_metrics  # noqa: E402
-from service.train.trainer import is_better  # noqa: E402
+from service.train.report import (  # noqa: E402
+    METRICS_FILE,
+    RESULT_FILE,
+    is_better,
+    read_json,
+    read_metrics,
+)
 
 CONFIG_FILE = "config.json"
 

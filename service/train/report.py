@@ -31,6 +31,12 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def is_better(row: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Higher validation accuracy wins; a tie goes to the lower validation loss."""
+    return best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"],
+                                                                 -best["val_loss"])
+
+
 def plot_curves(path: Path, history: list[dict[str, float]], title: str = "") -> None:
     """Loss (train, its CE and guide parts, validation) and validation accuracy per epoch."""
     epochs = [row["epoch"] for row in history]

@@ -37,6 +37,7 @@ from service.train.report import (
     CURVES_FILE,
     METRICS_FILE,
     RESULT_FILE,
+    is_better,
     plot_curves,
     read_json,
     write_json,
@@ -103,12 +104,6 @@ def train(cfg: TrainConfig, resume: bool = False,
     if state["epoch"] < cfg.epochs:
         return None
     return _finish(run, state)
-
-
-def is_better(row: dict[str, float], best: dict[str, float] | None) -> bool:
-    """Higher validation accuracy wins; a tie goes to the lower validation loss."""
-    return best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"],
-                                                                 -best["val_loss"])
 
 
 def _end_epoch(run: Run, state: dict[str, Any], row: dict[str, float]) -> None:
