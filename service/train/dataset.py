@@ -45,6 +45,7 @@ from service.train.voices import (
 )
 from service.train.words import (
     BABBLE_WORDS,
+    CONTEXT_WORDS,
     HOMOPHONES,
     KEYWORDS,
     NEAR_MISS_WORDS,
@@ -64,7 +65,7 @@ NOISES = (*COLOURS, "hum", "music", "babble")  # backgrounds of speech
 SILENCE_SOURCES = (*COLOURS, "hum", "tone", "beeps", "chord", "clicks", "silence")
 SILENCE_NOISES = SILENCE_SOURCES
 COLUMNS = ("path", "label", "split", "speaker", "engine", "word", "snr_db", "seed", "noise",
-           "rt60_s", "family", "vtlp", "distance_m", "channel")
+           "rt60_s", "family", "vtlp", "distance_m", "channel", "context")
 FLOAT_COLUMNS = ("snr_db", "rt60_s", "vtlp", "distance_m")
 
 
@@ -100,6 +101,8 @@ class Recipe:
     vtlp_max: float = 1.15
     channel_prob: float = 0.5  # clips through a random EQ, a cheap microphone or a telephone
     near_miss_share: float = 0.5  # _unknown_ clips that say a near-miss of a keyword
+    context_prob: float = 0.0  # speech clips with a neighbouring word, as cut from a phrase
+    context_gap_max_s: float = 0.15  # silence between the word and its neighbour
     babble_talkers_min: int = 3
     babble_talkers_max: int = 7
     babble_pool: int = 32  # utterances per split that babble is made of
@@ -112,7 +115,7 @@ class Recipe:
             if getattr(self, name) > getattr(self, name.replace("_min", "_max")):
                 raise ValueError(f"{name} exceeds {name.replace('_min', '_max')}")
         probs = (self.noise_prob, self.reverb_prob, self.vtlp_prob, self.channel_prob,
-                 self.near_miss_share, *self.shares().values())
+                 self.near_miss_share, self.context_prob, *self.shares().values())
         if not all(0 <= p <= 1 for p in probs):
             raise ValueError("probabilities and shares must be in [0, 1]")
         if min(self.rt60_min_s, self.speed_min, self.babble_pool, self.vtlp_min,
@@ -242,16 +245,46 @@ def background(rng: np.random.Generator, kind: str, ctx: Context, split: str) ->
     return acoustics.non_speech(rng, kind, CLIP_SAMPLES)
 
 
+def beside(rng: np.random.Generator, word: np.ndarray, neighbour: np.ndarray,
+           gap_max_s: float) -> tuple[np.ndarray, slice]:
+    """``word`` with ``neighbour`` before or after it, a short pause between, as in a
+    phrase; and where the word lies in the pair."""
+    gap = np.zeros(int(rng.uniform(0, gap_max_s) * SAMPLE_RATE))
+    if rng.random() < 0.5:
+        return np.concatenate([neighbour, gap, word]), slice(len(neighbour) + len(gap), None)
+    return np.concatenate([word, gap, neighbour]), slice(0, len(word))
+
+
+def place(rng: np.random.Generator, speech: np.ndarray, word: slice,
+          n: int = CLIP_SAMPLES) -> tuple[np.ndarray, int]:
+    """``speech`` at a random offset in ``n`` samples of silence, ``speech[word]`` always whole;
+    speech longer than ``n`` (a word and its neighbour) fills the clip and the neighbour is cut
+    at the edge. Returns the clip and how many of its samples are speech."""
+    first, last = word.indices(len(speech))[:2]
+    if len(speech) <= n:
+        low, high = 0, n - len(speech)
+    else:
+        low, high = max(n - len(speech), -first), min(0, n - last)
+    offset = int(rng.integers(low, high + 1))
+    kept = speech[max(0, -offset):n - offset]
+    x = np.zeros(n)
+    x[max(0, offset):max(0, offset) + len(kept)] = kept
+    return x, len(kept)
+
+
 def render_speech(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[np.ndarray, dict]:
     r = ctx.recipe
     word = clip.label if clip.label in KEYWORDS else unknown_word(rng, r)
     utt = draw_utterance(rng, r, ctx.speakers[clip.split], word)
-    speech = synthesize(utt)
+    speech, spoken = synthesize(utt), slice(None)
+    context = ""  # no draw at context_prob 0, so older recipes keep their bytes
+    if r.context_prob and rng.random() < r.context_prob:
+        context = pick(rng, CONTEXT_WORDS)
+        speech, spoken = beside(rng, speech, synthesize(utt._replace(word=context)),
+                                r.context_gap_max_s)
     alpha = float(rng.uniform(r.vtlp_min, r.vtlp_max)) if rng.random() < r.vtlp_prob else 1.0
     speech = perturb.warp_formants(speech, alpha)
-    x = np.zeros(CLIP_SAMPLES)
-    start = int(rng.integers(0, CLIP_SAMPLES - len(speech) + 1))
-    x[start:start + len(speech)] = speech
+    x, speech_samples = place(rng, speech, spoken)
     rt60 = float(rng.uniform(r.rt60_min_s, r.rt60_max_s)) if rng.random() < r.reverb_prob else 0.0
     distance = ""
     if rt60:
@@ -262,7 +295,7 @@ def render_speech(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[n
     if rng.random() < r.noise_prob:
         noise, snr = pick(rng, NOISES), rng.uniform(r.snr_min_db, r.snr_max_db)
         bg = background(rng, noise, ctx, clip.split)
-        x = x + acoustics.scale_to_snr(x, len(speech), bg, snr)
+        x = x + acoustics.scale_to_snr(x, speech_samples, bg, snr)
     kind = ""
     if rng.random() < r.channel_prob:
         x, kind = perturb.channel(rng, x)
@@ -271,7 +304,7 @@ def render_speech(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[n
                "family": family_of(utt.speaker), "word": word,
                "snr_db": "" if snr is None else f"{snr:.2f}", "noise": noise,
                "rt60_s": f"{rt60:.2f}" if rt60 else "", "vtlp": f"{alpha:.3f}",
-               "distance_m": distance, "channel": kind}
+               "distance_m": distance, "channel": kind, "context": context}
 
 
 def render_silence(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[np.ndarray, dict]:
@@ -287,7 +320,8 @@ def render_silence(rng: np.random.Generator, clip: Clip, ctx: Context) -> tuple[
                                                                             r.silence_max_db)
     x = np.clip(acoustics.unit_rms(x) * 10 ** (level / 20), -1.0, 1.0)
     return x, {"speaker": "", "engine": "", "family": "", "word": "", "snr_db": "",
-               "noise": kind, "rt60_s": "", "vtlp": "", "distance_m": "", "channel": channel}
+               "noise": kind, "rt60_s": "", "vtlp": "", "distance_m": "", "channel": channel,
+               "context": ""}
 
 
 def render_clip(clip: Clip, ctx: Context) -> dict[str, str]:
@@ -327,6 +361,7 @@ def recipe_json(ctx: Context, tools: dict[str, str], rows: list[dict[str, str]])
             "splits": list(ctx.recipe.splits()), "families": list(FAMILIES),
             "unknown_words": list(UNKNOWN_WORDS), "near_misses": NEAR_MISSES,
             "homophones_left_out": HOMOPHONES, "babble_words": list(BABBLE_WORDS),
+            "context_words": list(CONTEXT_WORDS),
             "noises": list(NOISES), "silence_sources": list(SILENCE_SOURCES),
             "channels": list(perturb.CHANNELS), "params": dataclasses.asdict(ctx.recipe),
             "tools": tools, "speakers": ctx.speakers, "voices_per_family": voices,

@@ -54,3 +54,11 @@ BABBLE_WORDS = (
     "together", "picture", "mountain", "garden", "paper", "story", "market", "doctor",
     "family", "question", "evening", "country", "weather", "kitchen", "village", "orange",
 )  # fmt: skip
+
+# A neighbouring word in a phrase ("front left", "let us go"): heard beside a keyword or an
+# unknown word but never labelled, so neither keywords nor unknown words. The short ones are
+# the function words that stand next to a command; the phrases of ship_goals are not here.
+CONTEXT_WORDS = (
+    *BABBLE_WORDS, "the", "and", "that", "this", "just", "very", "with", "here", "then",
+    "what", "can", "back", "some", "make", "from", "over", "there",
+)  # fmt: skip

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -219,3 +220,42 @@ def test_recipe_rejects_inverted_ranges() -> None:
         Recipe(held_out="festival")
     with pytest.raises(ValueError, match="zero share"):
         Recipe(share_espeak_ng=0, share_espeak_ng_accent=0, share_piper=0)
+
+
+def test_a_neighbour_sits_beside_the_word_with_a_pause_at_most() -> None:
+    word, neighbour = np.full(300, 2.0), np.ones(200)
+    for seed in range(20):
+        pair, spoken = dataset.beside(np.random.default_rng(seed), word, neighbour, 0.01)
+        assert np.array_equal(pair[spoken], word)
+        assert 500 <= len(pair) <= 500 + 160 and np.count_nonzero(pair == 1.0) == 200
+
+
+def test_a_word_is_never_cut_even_when_its_neighbour_is() -> None:
+    word, neighbour = np.full(300, 2.0), np.ones(600)
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        pair, spoken = dataset.beside(rng, word, neighbour, 0.0)
+        clip, kept = dataset.place(rng, pair, spoken, n=800)
+        assert len(clip) == 800 and kept == 800  # the pair fills the clip
+        assert np.count_nonzero(clip == 2.0) == 300  # the word is whole
+        assert np.count_nonzero(clip == 1.0) == 500  # its neighbour is cut at an edge
+
+
+def test_a_lone_word_is_placed_whole_with_silence_around() -> None:
+    clip, kept = dataset.place(np.random.default_rng(0), np.full(300, 2.0), slice(None), n=800)
+    assert kept == 300 and np.count_nonzero(clip == 2.0) == 300
+    assert np.count_nonzero(clip) == 300
+
+
+def test_context_clips_name_their_neighbour(tmp_path: Path) -> None:
+    for tool in voices.APT_PACKAGES:
+        require_tool(tool)
+    pytest.importorskip("piper", reason="pip package piper-tts (pyproject) is not installed")
+    rows = generate(tmp_path / "ctx", Recipe(per_class=3, context_prob=1.0), progress=False)
+    speech = [r for r in rows if r["label"] != SILENCE]
+    assert all(r["context"] in dataset.CONTEXT_WORDS for r in speech)
+    assert all(r["context"] == "" for r in rows if r["label"] == SILENCE)
+
+
+def test_default_recipe_adds_no_neighbours(data: Path) -> None:
+    assert all(r["context"] == "" for r in load_metadata(data))

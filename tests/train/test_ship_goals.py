@@ -70,3 +70,29 @@ def test_without_a_cross_split_the_twins_cross_engine_figure_is_reported_and_nam
     assert "| test_cross_acc | 42.0 % | >= 90 % | MISSED |" in table
     assert "measured on its twin experiments/x/diffres-0.5-s0" in table
     assert json.loads(out.read_text())["test_cross_from"] == twin["run"]
+
+
+def test_validation_is_measured_apart_from_test_to_choose_on(model_dir, tmp_path, capsys):
+    import csv
+
+    import soundfile as sf
+
+    from service.predict import Predictor
+
+    predictor = Predictor(model_dir)
+    labels, rate = predictor.manifest.labels, predictor.manifest.frontend.sample_rate
+    rows = []
+    for i, split in enumerate(["validation", "validation", "test", "test"]):
+        wave = np.random.default_rng(i).normal(0, 0.1, rate).astype(np.float32)
+        sf.write(tmp_path / f"{i}.wav", wave, rate)
+        top = labels[int(np.argmax(predictor.classify(wave)["probabilities"]))]
+        wrong = labels[(labels.index(top) + 1) % len(labels)]
+        rows.append([f"{i}.wav", top if split == "validation" else wrong, split])
+    with open(tmp_path / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split"], *rows])
+    out = tmp_path / "goals.json"
+    main(["--model", str(model_dir), "--data", str(tmp_path), "--no-phrases",
+          "--non-speech", "9", "--json", str(out)])
+    found = json.loads(out.read_text())
+    assert (found["validation_acc"], found["test_acc"]) == (1.0, 0.0)
+    assert "validation_acc (to choose between models; no goal): 100.0 %" in capsys.readouterr().out

@@ -54,3 +54,12 @@ def test_no_unknown_word_sounds_like_a_keyword(accent: str) -> None:
     keyword_sounds = {spoken[k] for k in words.KEYWORDS}
     assert [w for w in words.UNKNOWN_WORDS if spoken[w] in keyword_sounds] == []
     assert spoken["know"] == spoken["no"] and spoken["write"] == spoken["right"]  # why
+
+
+def test_context_words_are_never_labelled_words_nor_the_test_phrases() -> None:
+    from service.train.ship_goals import PHRASES
+
+    context = set(words.CONTEXT_WORDS)
+    assert len(context) == len(words.CONTEXT_WORDS)
+    assert not context & (set(words.UNKNOWN_WORDS) | set(words.KEYWORDS))
+    assert not context & {w for phrase, _ in PHRASES for w in phrase.split()}
