@@ -26,3 +26,10 @@ OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 0 diffres-0.5 full
 # data/kws12-all first (python -m service.train.dataset ... --held-out none).
 DATA=data/kws12-all OUT=experiments/kws12-ship-e60 EPOCHS=60 DOCS=runs/ship-e60-docs run 0 diffres-0.5
 DATA=data/kws12-all OUT=experiments/kws12-ship-e60 EPOCHS=60 DOCS=runs/ship-e60-docs run 0 full
+# Keywords inside phrases (#13 item 7): the DiffRes ship run again, on a set where half the
+# speech clips hold a neighbouring word (python -m service.train.dataset --out
+# data/kws12-all-ctx --per-class 800 --seed 0 --held-out none --context-prob 0.5).
+DATA=data/kws12-all-ctx OUT=experiments/kws12-ship-ctx-e60 EPOCHS=60 DOCS=runs/ship-ctx-docs run 0 diffres-0.5
+# Seeds 1 and 2 of the 60-epoch schedule, for the goal comparison (RESULTS.md).
+OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 1 diffres-0.5 full
+OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 2 diffres-0.5 full
