@@ -30,12 +30,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
 from service.manifest import BACKGROUND_LABELS
 from service.predict import Predictor
 from service.train import acoustics
+from service.train.breakdown import split_predictions
 from service.train.data import read_metadata, read_recipe
 from service.train.voices import FLITE_VOICES, Utterance, speak
 
@@ -52,18 +52,8 @@ NON_SPEECH_SEED = 20_261_202  # not the dataset's: clips training never saw
 
 def split_accuracy(predictor: Predictor, root: Path, split: str) -> float | None:
     """Top-label accuracy over one split of the dataset at ``root``; None if it has none."""
-    rows = [r for r in read_metadata(root) if r["split"] == split]
-    if not rows:
-        return None
-    labels, right = predictor.manifest.labels, 0
-    for row in tqdm(rows, desc=split, leave=False):
-        wave, rate = sf.read(root / row["path"], dtype="float32")
-        if rate != predictor.manifest.frontend.sample_rate:
-            raise ValueError(f"{row['path']}: {rate} Hz, the model takes "
-                             f"{predictor.manifest.frontend.sample_rate}")
-        probs = predictor.classify(wave)["probabilities"]
-        right += labels[int(np.argmax(probs))] == row["label"]
-    return right / len(rows)
+    right = [top == row["label"] for row, top in split_predictions(predictor, root, split)]
+    return sum(right) / len(right) if right else None
 
 
 def in_silence(speech: np.ndarray, samples: int) -> np.ndarray:
