@@ -12,7 +12,7 @@ markdown table: group, clips, accuracy.
 import argparse
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ ORDER = ("clean", "SNR >= 10 dB", "SNR 0-10 dB", "SNR < 0 dB", SPEECHLESS)
 
 
 def _order(group: tuple[str, ...]) -> tuple:
+    """Sort key: names of ORDER by their place in it; any other name alphabetically, after
+    them but before non-speech."""
     return tuple((ORDER.index(g) if g in ORDER else ORDER.index(SPEECHLESS) - 0.5, g)
                  for g in group)
 
@@ -67,7 +69,7 @@ def split_predictions(predictor: Predictor, root: Path, split: str) -> Iterator[
         yield row, labels[int(np.argmax(predictor.classify(wave)["probabilities"]))]
 
 
-def grouped_accuracy(pairs: Iterator[tuple[Row, str]], by: list[str]
+def grouped_accuracy(pairs: Iterable[tuple[Row, str]], by: list[str]
                      ) -> dict[tuple[str, ...], tuple[int, int]]:
     """(group, ...) -> (right, clips)."""
     counts: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
