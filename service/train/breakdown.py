@@ -6,7 +6,8 @@
 Every clip goes through ``service.predict`` (the exported files, the server's windows and
 aggregate rule), and its top label is compared with its label. Groups come from the
 dataset's ``metadata.csv`` (docs/DATASET.md); several ``--by`` cross their groups. Prints a
-markdown table: group, clips, accuracy.
+markdown table: group, clips, accuracy. ``--confusion PNG`` also draws which label each
+label is taken for, and prints the most frequent mistakes.
 """
 
 import argparse
@@ -15,12 +16,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-from tqdm import tqdm
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from service.predict import Predictor
-from service.train.data import read_metadata
+from service.train.data import read_metadata  # noqa: E402
 
 Row = dict[str, str]
 SPEECHLESS = "(non-speech)"
@@ -91,6 +96,47 @@ def table(found: dict[tuple[str, ...], tuple[int, int]], by: list[str]) -> str:
     return "\n".join(lines)
 
 
+def confusion(pairs: Iterable[tuple[Row, str]], labels: list[str]) -> np.ndarray:
+    """[true, predicted] clip counts, rows and columns in ``labels``' order."""
+    index = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for row, top in pairs:
+        if row["label"] not in index:
+            raise ValueError(f"clip label {row['label']!r} is not one of the model's labels "
+                             f"{labels}")
+        counts[index[row["label"]], index[top]] += 1
+    return counts
+
+
+def top_mistakes(counts: np.ndarray, labels: list[str], n: int = 10) -> list[str]:
+    """The ``n`` most frequent (true -> predicted) mistakes, with their share of the true
+    label's clips, most frequent first."""
+    wrong = [(counts[t, p], t, p) for t in range(len(labels)) for p in range(len(labels))
+             if t != p and counts[t, p]]
+    wrong.sort(key=lambda w: (-w[0], w[1], w[2]))
+    return [f"{labels[t]} -> {labels[p]}: {c} of {counts[t].sum()} "
+            f"({100 * c / counts[t].sum():.1f} %)" for c, t, p in wrong[:n]]
+
+
+def plot_confusion(path: Path, counts: np.ndarray, labels: list[str], title: str) -> None:
+    """Row-normalised: each cell is the share of that true label's clips."""
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.55 * len(labels) + 2.5, 0.55 * len(labels) + 1.5))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for t, p in np.ndindex(shares.shape):
+        if counts[t, p]:
+            ax.text(p, t, f"{100 * shares[t, p]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if shares[t, p] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true label")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.train.breakdown",
                                      description=__doc__,
@@ -100,12 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--by", action="append", choices=sorted(GROUPS), required=True,
                         help="group clips by this (repeat to cross groups)")
+    parser.add_argument("--confusion", type=Path, metavar="PNG",
+                        help="also draw the confusion matrix here (percent of each true label)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    found = grouped_accuracy(split_predictions(Predictor(args.model), args.data, args.split),
-                             args.by)
+    predictor = Predictor(args.model)
+    pairs = list(split_predictions(predictor, args.data, args.split))
+    found = grouped_accuracy(pairs, args.by)
     if not found:
         raise SystemExit(f"{args.data} has no clips in split {args.split!r}")
     print(table(found, args.by))
+    if args.confusion:
+        labels = predictor.manifest.labels
+        counts = confusion(pairs, labels)
+        plot_confusion(args.confusion, counts, labels,
+                       f"{args.model} on {args.data} ({args.split}, {len(pairs)} clips)")
+        print("\nmost frequent mistakes:\n" + "\n".join(top_mistakes(counts, labels)))
+        print(f"wrote {args.confusion}")
     return 0
 
 

@@ -1,8 +1,17 @@
 """Accuracy grouped by how clips were made: the groups, their counts and the table."""
 
+import numpy as np
 import pytest
 
-from service.train.breakdown import GROUPS, grouped_accuracy, main, table
+from service.train.breakdown import (
+    GROUPS,
+    confusion,
+    grouped_accuracy,
+    main,
+    plot_confusion,
+    table,
+    top_mistakes,
+)
 
 
 def row(label: str = "yes", speaker: str = "espeak-ng:en", snr: str = "", rt60: str = "",
@@ -56,3 +65,25 @@ def test_rows_run_from_clean_to_noisy_and_non_speech_last() -> None:
     families = {("flite",): (1, 1), ("(non-speech)",): (1, 1), ("espeak-ng",): (1, 1)}
     assert [line.split(" | ")[0] for line in table(families, ["family"]).splitlines()[2:]] == [
         "| espeak-ng", "| flite", "| (non-speech)", "| all"]
+
+
+def test_confusion_counts_true_against_predicted_and_ranks_mistakes() -> None:
+    labels = ["yes", "no", "_unknown_"]
+    pairs = [(row("yes"), "yes"), (row("yes"), "no"), (row("no"), "no"),
+             (row("_unknown_"), "no"), (row("_unknown_"), "no"), (row("_unknown_"), "yes")]
+    counts = confusion(pairs, labels)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 2, 0]]
+    assert top_mistakes(counts, labels) == ["_unknown_ -> no: 2 of 3 (66.7 %)",
+                                            "yes -> no: 1 of 2 (50.0 %)",
+                                            "_unknown_ -> yes: 1 of 3 (33.3 %)"]
+
+
+def test_confusion_refuses_a_label_the_model_does_not_have() -> None:
+    with pytest.raises(ValueError, match="'maybe' is not one of the model's labels"):
+        confusion([(row("maybe"), "yes")], ["yes", "no"])
+
+
+def test_confusion_plot_is_written(tmp_path) -> None:
+    path = tmp_path / "confusion.png"
+    plot_confusion(path, np.array([[3, 1], [0, 4]]), ["yes", "no"], "a model")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
