@@ -87,3 +87,21 @@ def test_confusion_plot_is_written(tmp_path) -> None:
     path = tmp_path / "confusion.png"
     plot_confusion(path, np.array([[3, 1], [0, 4]]), ["yes", "no"], "a model")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_draws_the_confusion_of_every_clip(tmp_path, capsys) -> None:
+    import soundfile as sf
+
+    from tests.model_store_builder import SAMPLE_RATE, export_test_model
+
+    model = export_test_model("full", tmp_path / "m" / "1", "m", seed=1)
+    rows = ["path,label,split"]
+    for i, label in enumerate(["yes", "no", "_silence_"]):
+        sf.write(tmp_path / f"{i}.wav", np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+        rows.append(f"{i}.wav,{label},test")
+    (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
+    png = tmp_path / "confusion.png"
+    assert main(["--model", str(model), "--data", str(tmp_path), "--by", "label",
+                 "--confusion", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "most frequent mistakes:" in capsys.readouterr().out
