@@ -19,13 +19,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
 from service.predict import Predictor
-from service.train.data import read_metadata  # noqa: E402
+from service.train.data import read_metadata
 
 Row = dict[str, str]
 SPEECHLESS = "(non-speech)"
@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(found, args.by))
     if args.confusion:
         labels = predictor.manifest.labels
-        counts = confusion(pairs, labels)
+        try:
+            counts = confusion(pairs, labels)
+        except ValueError as exc:
+            raise SystemExit(f"{args.data}: {exc}") from None
         plot_confusion(args.confusion, counts, labels,
                        f"{args.model} on {args.data} ({args.split}, {len(pairs)} clips)")
         print("\nmost frequent mistakes:\n" + "\n".join(top_mistakes(counts, labels)))
