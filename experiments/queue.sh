@@ -41,3 +41,6 @@ OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 0 diffres-0.75 avg
 # clips (data/kws12-all-ctx25: the same dataset command with --context-prob 0.25).
 DATA=data/kws12-all-ctx OUT=experiments/kws12-ship-ctx-e60 EPOCHS=60 DOCS=runs/ship-ctx-docs run 0 full
 DATA=data/kws12-all-ctx25 OUT=experiments/kws12-ship-ctx25-e60 EPOCHS=60 DOCS=runs/ship-ctx25-docs run 0 diffres-0.5
+# Seeds 1 and 2 of the rate-0.75 pair at 60 epochs (seed 0: -1.7 in distribution, +1.0 cross-engine).
+OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 1 diffres-0.75 avgpool-0.75
+OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 2 diffres-0.75 avgpool-0.75
