@@ -41,7 +41,7 @@ OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 1 diffres-0.75 avg
 OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 2 diffres-0.75 avgpool-0.75
 # More data or more epochs? The shipped DiffRes recipe on three times the clips
 # (--per-class 2400) for 20 epochs: the same 6,300 steps as kws12-diffres/5's 60 epochs on
-# data/kws12-all, whose validation loss stopped falling at epoch 40 while training loss fell.
+# data/kws12-all, whose validation loss barely fell after epoch 40 while training loss fell.
 [ -f data/kws12-all-x3/recipe.json ] || .venv/bin/python -m service.train.dataset \
   --out data/kws12-all-x3 --per-class 2400 --seed 0 --held-out none --workers 2 --overwrite --quiet || exit 1
 DATA=data/kws12-all-x3 OUT=experiments/kws12-ship-x3 EPOCHS=20 DOCS=runs/ship-x3-docs run 0 diffres-0.5
@@ -50,6 +50,9 @@ DATA=data/kws12-all-x3 OUT=experiments/kws12-ship-x3 EPOCHS=20 DOCS=runs/ship-x3
 [ -f data/kws12-x3/recipe.json ] || .venv/bin/python -m service.train.dataset \
   --out data/kws12-x3 --per-class 2400 --seed 0 --workers 2 --overwrite --quiet || exit 1
 DATA=data/kws12-x3 OUT=experiments/kws12-bc-x3 EPOCHS=20 DOCS=runs/bc-x3-docs run 0 diffres-0.5
+# The full-resolution pair of kws12-diffres/6 (the next kws12-fullres), and its twin.
+DATA=data/kws12-all-x3 OUT=experiments/kws12-ship-x3 EPOCHS=20 DOCS=runs/ship-x3-docs run 0 full
+DATA=data/kws12-x3 OUT=experiments/kws12-bc-x3 EPOCHS=20 DOCS=runs/bc-x3-docs run 0 full
 # The 1 ms goal (DiffRes 0.9 on a 1 ms hop against full resolution at 10 ms) at 60 epochs,
 # seed 0 first: the 60-epoch full runs above are its baseline.
 OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 0 diffres-1ms-0.9

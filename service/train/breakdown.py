@@ -1,6 +1,6 @@
 """Where a model fails: its accuracy on one split of a dataset, grouped by how clips were made.
 
-    python -m service.train.breakdown --model model_store/kws12-diffres/5 \
+    python -m service.train.breakdown --model model_store/kws12-diffres/6 \
         --data data/kws12-all --split test --by snr --by room
 
 Every clip goes through ``service.predict`` (the exported files, the server's windows and

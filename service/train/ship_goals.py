@@ -1,6 +1,6 @@
 """Does a model directory meet the goals of a shipped default model (issue #13, item 7)?
 
-    python -m service.train.ship_goals --model model_store/kws12-diffres/5 [--data data/kws12-all]
+    python -m service.train.ship_goals --model model_store/kws12-diffres/6 [--data data/kws12-all]
         [--non-speech 500] [--json out.json]
 
 Every figure goes through ``service.predict`` (the model's own exported files, the server's
