@@ -10,6 +10,10 @@ run() {  # seed config...
     --out "${OUT:-experiments/kws12-bc}" --classifier bcresnet --epochs "${EPOCHS:-20}" \
     --seeds "$seed" --threads "${THREADS:-0}" --docs "${DOCS:-runs/docs-draft}" --only "$@" || exit 1
 }
+dataset() {  # out args...: make a dataset unless it is already complete
+  [ -f "$1/recipe.json" ] || .venv/bin/python -m service.train.dataset --out "$@" --seed 0 \
+    --workers 2 --overwrite --quiet || exit 1
+}
 run 0 avgpool-0.5 changehopsize-0.75
 run 1 diffres-0.5 diffres-0.75 avgpool-0.75
 run 2 diffres-0.5 diffres-0.75 avgpool-0.75
@@ -42,13 +46,11 @@ OUT=experiments/kws12-bc-e60 EPOCHS=60 DOCS=runs/e60-docs run 2 diffres-0.75 avg
 # More data or more epochs? The shipped DiffRes recipe on three times the clips
 # (--per-class 2400) for 20 epochs: the same 6,300 steps as kws12-diffres/5's 60 epochs on
 # data/kws12-all, whose validation loss barely fell after epoch 40 while training loss fell.
-[ -f data/kws12-all-x3/recipe.json ] || .venv/bin/python -m service.train.dataset \
-  --out data/kws12-all-x3 --per-class 2400 --seed 0 --held-out none --workers 2 --overwrite --quiet || exit 1
+dataset data/kws12-all-x3 --per-class 2400 --held-out none
 DATA=data/kws12-all-x3 OUT=experiments/kws12-ship-x3 EPOCHS=20 DOCS=runs/ship-x3-docs run 0 diffres-0.5
 # It does (RESULTS.md, "More data or more epochs?"): its twin with flite held out, for the
 # cross-engine figure of its manifest.
-[ -f data/kws12-x3/recipe.json ] || .venv/bin/python -m service.train.dataset \
-  --out data/kws12-x3 --per-class 2400 --seed 0 --workers 2 --overwrite --quiet || exit 1
+dataset data/kws12-x3 --per-class 2400
 DATA=data/kws12-x3 OUT=experiments/kws12-bc-x3 EPOCHS=20 DOCS=runs/bc-x3-docs run 0 diffres-0.5
 # The full-resolution pair of kws12-diffres/6 (the next kws12-fullres), and its twin.
 DATA=data/kws12-all-x3 OUT=experiments/kws12-ship-x3 EPOCHS=20 DOCS=runs/ship-x3-docs run 0 full
